@@ -1,0 +1,311 @@
+"""
+chunkd's configuration: one YAML file, validated once at the edge, then trusted.
+
+Every setting is a field of a frozen dataclass below; the dataclasses *are*
+the schema.  A field's C{metadata["kind"]} says how its YAML value is parsed
+(a size such as C{"10GiB"}, a duration such as C{"15m"}, an endpoint string).
+Anything the file gets wrong -- an unknown key, a wrong type, a bad endpoint,
+an unwritable directory -- raises L{ConfigError} naming the key, so the daemon
+can stop with one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping, Optional
+
+import yaml
+
+
+class ConfigError(Exception):
+    """
+    The configuration is unusable.  C{str(error)} is a single line that names
+    the offending key, fit to show a sysadmin.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+
+def _size(default: int, doc: str) -> Any:
+    return field(default=default, metadata={"kind": "size", "doc": doc})
+
+
+def _duration(default: float, doc: str) -> Any:
+    return field(default=default, metadata={"kind": "duration", "doc": doc})
+
+
+def _plain(default: Any, doc: str, kind: str = "") -> Any:
+    if isinstance(default, (list, tuple)):
+        return field(
+            default_factory=lambda: tuple(default), metadata={"kind": "list", "doc": doc}
+        )
+    return field(default=default, metadata={"kind": kind, "doc": doc})
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    directory: str = _plain("./chunkd-data", "where uploads and their records live")
+    durable: bool = _plain(
+        True, "fdatasync data before an offset is recorded (turn off only for tests)"
+    )
+
+
+@dataclass(frozen=True)
+class TusConfig:
+    enabled: bool = _plain(True, "serve tus 1.0.0")
+    path: str = _plain("/files/", "where tus uploads are mounted")
+    relative_location: bool = _plain(
+        False, "answer creation with a relative Location instead of an absolute one"
+    )
+    download: bool = _plain(True, "allow GET of a finished upload")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_size: int = _size(0, "bytes per upload; 0 = unlimited")
+    max_metadata_size: int = _size(4096, "bytes of Upload-Metadata per upload")
+    max_concat_parts: int = _plain(1000, "partial uploads one final upload may name")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    idle_timeout: float = _duration(60.0, "close a connection idle this long")
+    trust_proxy: bool = _plain(
+        False, "build URLs from Forwarded / X-Forwarded-* headers (behind a proxy)"
+    )
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    allowed_origins: tuple = _plain([], "origins allowed by CORS; '*' allows any")
+    max_age: float = _duration(86400.0, "how long browsers may cache a preflight")
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    threads: int = _plain(4, "threads doing disk writes")
+    high_water: int = _size(4 * 1024 * 1024, "pause a socket with this much unwritten")
+    low_water: int = _size(1024 * 1024, "resume it once the queue drains to this")
+
+
+@dataclass(frozen=True)
+class ExpiryConfig:
+    expire_after: float = _duration(
+        86400.0, "an incomplete upload idle this long expires"
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = _plain(
+        "tcp:port=8080:interface=127.0.0.1", "any Twisted server endpoint", "endpoint"
+    )
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tus: TusConfig = field(default_factory=TusConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
+    janitor: ExpiryConfig = field(default_factory=ExpiryConfig)
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_NUMBER_WITH_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parseSize(value: object) -> int:
+    """
+    Parse a byte count: an integer, or a number with a unit (C{"10GiB"},
+    C{"512 MB"}).
+
+    @raise ValueError: with a reason when C{value} is not a size.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 1048576 or '10GiB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _NUMBER_WITH_UNIT.match(str(value))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected a size such as 1048576 or '10GiB', got {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parseDuration(value: object) -> float:
+    """
+    Parse a duration in seconds: a number, or a number with a unit
+    (C{"90s"}, C{"15m"}, C{"24h"}, C{"7d"}).
+
+    @raise ValueError: with a reason when C{value} is not a duration.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 60 or '15m'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    match = _NUMBER_WITH_UNIT.match(str(value))
+    if not match or match.group(2).lower() not in _DURATION_UNITS:
+        raise ValueError(f"expected a duration such as 60 or '15m', got {value!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def _checkEndpoint(value: str) -> str:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(reactor, value)
+    except Exception as e:  # serverFromString raises a zoo of types
+        raise ValueError(f"not a Twisted server endpoint ({e})") from None
+    return value
+
+
+def _convert(key: str, f: dataclasses.Field, value: object) -> object:
+    kind = f.metadata.get("kind", "")
+    try:
+        if kind == "size":
+            return parseSize(value)
+        if kind == "duration":
+            return parseDuration(value)
+        if kind == "list":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of strings")
+            return tuple(value)
+        expected = type(f.default)
+        if expected is bool:
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
+        if expected is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError("expected a whole number >= 0")
+            return value
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        if kind == "endpoint":
+            return _checkEndpoint(value)
+        return value
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
+
+
+def _build(cls: type, data: object, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix or "(top level)", "expected a mapping of keys")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        f = known.get(name)
+        if f is None:
+            raise ConfigError(key, "unknown key")
+        section = f.default_factory
+        if isinstance(section, type) and dataclasses.is_dataclass(section):
+            kwargs[name] = _build(section, value, key + ".")
+        else:
+            kwargs[name] = _convert(key, f, value)
+    return cls(**kwargs)
+
+
+def _normalizeMount(key: str, path: str) -> str:
+    if not path.startswith("/") or "?" in path or "#" in path:
+        raise ConfigError(key, f"expected an absolute URL path such as /files/, got {path!r}")
+    return "/" + path.strip("/")
+
+
+def _checkSemantics(config: Config) -> Config:
+    """
+    Rules that span fields, and normalisation every consumer relies on:
+    mount paths lose their trailing slash so protocols can append to them.
+    """
+    if config.disk.threads < 1:
+        raise ConfigError("disk.threads", "at least one thread is needed")
+    if config.disk.low_water >= config.disk.high_water:
+        raise ConfigError("disk.low_water", "must be below disk.high_water")
+    for origin in config.cors.allowed_origins:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise ConfigError(
+                "cors.allowed_origins", f"{origin!r} is not an origin like https://example.com"
+            )
+    tus = replace(config.tus, path=_normalizeMount("tus.path", config.tus.path))
+    return replace(config, tus=tus)
+
+
+def loadConfig(
+    path: Optional[str] = None, overrides: Optional[Mapping[str, object]] = None
+) -> Config:
+    """
+    Read the YAML file at C{path} (or use the embedded defaults when C{None}),
+    apply C{overrides} given as dotted keys (C{{"storage.directory": "/x"}}),
+    and validate the result.
+
+    @raise ConfigError: naming the key, when anything is wrong.
+    """
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError("", f"{path} is not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("", f"{path} must hold a mapping of keys")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return _checkSemantics(_build(Config, data, ""))
+
+
+def checkStorageDirectory(config: Config) -> None:
+    """
+    Make sure the storage directory exists and is writable, creating it if
+    needed; called once at start-up.
+
+    @raise ConfigError: naming C{storage.directory} when it cannot be used.
+    """
+    directory = config.storage.directory
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".write-probe-{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"x")
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(
+            "storage.directory", f"{directory} is not a writable directory ({e.strerror})"
+        ) from None

@@ -1,0 +1,222 @@
+"""
+The disk writer: request bodies leave the reactor thread here.
+
+L{DiskService} owns a dedicated thread pool (not the reactor's shared one,
+which DNS look-ups also use) so a slow disk can never starve name
+resolution, and so shutdown can wait for every queued write.
+
+L{OffsetWriter} takes one stream of bytes -- one request body -- and writes
+it at increasing offsets of a file.  It keeps exactly one batch in flight,
+so writes of a stream land in order and digests fed in the thread see the
+bytes in order; what arrives meanwhile is queued and sent as the next batch
+with C{pwritev}, which writes many buffers in one system call without
+joining (copying) them.  Several writers on one file (chunks of one upload
+arriving at once) run in parallel.
+
+The writer knows nothing of protocols; it is told where to write and which
+producer to pause when its queue passes the high-water mark.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, List, Optional, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer, IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+# pwritev accepts at most IOV_MAX buffers per call (1024 on Linux).
+_IOV_MAX = 1024
+
+
+class DiskService(Service):
+    """
+    The thread pool that does chunkd's file I/O.
+
+    @ivar pwritev: the function that writes a batch; tests replace it with
+        a slow one to show that queues stay bounded.
+    """
+
+    name = "disk"
+    log = Logger()
+
+    def __init__(self, reactor: Any, threads: int) -> None:
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="chunkd-disk")
+        self.pwritev: Callable[[int, Sequence[Any], int], int] = os.pwritev
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop the pool once every queued job has run: joining the threads
+        waits for in-flight writes, so offsets recorded at shutdown are true.
+        """
+        super().stopService()
+        # ThreadPool.stop joins its workers; do it off the reactor thread.
+        from twisted.internet.threads import deferToThread
+
+        return deferToThread(self.pool.stop)
+
+    def run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Run C{f} in the disk pool; the Deferred fires on the reactor thread.
+        """
+        return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+
+    def writer(
+        self,
+        fd: int,
+        offset: int,
+        highWater: int,
+        lowWater: int,
+        producer: Optional[IPushProducer] = None,
+        digests: Sequence[Any] = (),
+    ) -> "OffsetWriter":
+        """
+        A writer for one stream of bytes starting at C{offset} of C{fd}.
+        """
+        return OffsetWriter(self, fd, offset, highWater, lowWater, producer, digests)
+
+
+class OffsetWriter:
+    """
+    Writes one stream of bytes into a file at increasing offsets, in the
+    disk pool, pausing C{producer} while more than C{highWater} bytes wait.
+
+    @ivar written: bytes known to be in the file (not yet necessarily
+        flushed to stable storage).
+    @ivar queued: bytes accepted but not yet written.
+    @ivar peakQueued: the most bytes that ever waited (for tests and
+        benchmarks: it shows flow control works).
+    @ivar error: the first write error, after which further data is
+        dropped; L{flush} reports it.
+    """
+
+    def __init__(
+        self,
+        disk: DiskService,
+        fd: int,
+        offset: int,
+        highWater: int,
+        lowWater: int,
+        producer: Optional[IPushProducer],
+        digests: Sequence[Any],
+    ) -> None:
+        self._disk = disk
+        self._fd = fd
+        self._next = offset  # where the next queued byte goes
+        self._highWater = highWater
+        self._lowWater = lowWater
+        self._producer = producer
+        self._digests = list(digests)
+        self._pending: List[Any] = []
+        self._inFlight = False
+        self._paused = False
+        self._waiters: List[Deferred[int]] = []
+        self.start = offset
+        self.written = 0
+        self.queued = 0
+        self.peakQueued = 0
+        self.error: Optional[BaseException] = None
+
+    def write(self, data: Any) -> None:
+        """
+        Queue C{data} (bytes or a memoryview) for the next position.
+        """
+        if self.error is not None or not len(data):
+            return
+        self._pending.append(data)
+        self.queued += len(data)
+        self.peakQueued = max(self.peakQueued, self.queued)
+        if self._producer is not None and not self._paused and self.queued >= self._highWater:
+            self._paused = True
+            self._producer.pauseProducing()
+        self._kick()
+
+    def flush(self) -> Deferred[int]:
+        """
+        @return: a Deferred that fires with L{written} once everything queued
+            so far is in the file, or fails with the first write error.
+        """
+        if not self._inFlight and not self._pending:
+            return self._settled()
+        d: Deferred[int] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _settled(self) -> Deferred[int]:
+        if self.error is not None:
+            from twisted.internet.defer import fail
+
+            return fail(self.error)
+        return succeed(self.written)
+
+    def _kick(self) -> None:
+        if self._inFlight or not self._pending:
+            return
+        batch, self._pending = self._pending[:_IOV_MAX], self._pending[_IOV_MAX:]
+        size = sum(len(b) for b in batch)
+        offset = self._next
+        self._next += size
+        self._inFlight = True
+        d = self._disk.run(self._writeBatch, batch, offset)
+        d.addCallbacks(self._batchWritten, self._batchFailed, callbackArgs=(size,))
+
+    def _writeBatch(self, batch: List[Any], offset: int) -> None:
+        # Runs in the disk pool.  A short write is resumed, never ignored.
+        pwritev = self._disk.pwritev
+        remaining = [memoryview(b) for b in batch]
+        while remaining:
+            n = pwritev(self._fd, remaining, offset)
+            if n <= 0:
+                raise OSError("pwritev wrote nothing")
+            offset += n
+            while remaining and n >= len(remaining[0]):
+                n -= len(remaining[0])
+                remaining.pop(0)
+            if n:
+                remaining[0] = remaining[0][n:]
+        for digest in self._digests:
+            for b in batch:
+                digest.update(b)
+
+    def _batchWritten(self, _: None, size: int) -> None:
+        self._inFlight = False
+        self.written += size
+        self.queued -= size
+        self._afterBatch()
+
+    def _batchFailed(self, failure: Failure) -> None:
+        self._inFlight = False
+        self.error = failure.value
+        # Nothing more will be written: forget the queue.
+        self._pending = []
+        self.queued = 0
+        self._afterBatch()
+
+    def _afterBatch(self) -> None:
+        if self._paused and self.queued <= self._lowWater:
+            self._paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()
+        self._kick()
+        if not self._inFlight and not self._pending:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                self._settled().chainDeferred(d)
+
+    def detach(self) -> None:
+        """
+        Stop steering the producer: the request is over (or its connection
+        is gone), and resuming a finished transport would be wrong.
+        """
+        self._producer = None
+        self._paused = False

@@ -1,0 +1,360 @@
+"""
+The upload store: records and data files under the storage directory.
+
+Layout::
+
+    <storage>/uploads/<id>.data   the upload's bytes, preallocated when the
+                                  length is known, written at their offsets
+    <storage>/uploads/<id>.json   its record (L{UploadRecord}), replaced
+                                  atomically (temp file + os.replace)
+
+The record on disk is the only truth: nothing about an upload lives only in
+one process's memory, and the per-upload lock is an C{flock} on the data
+file, which holds across processes (and across open file descriptions
+within one), so several chunkd processes can later serve one directory.
+
+An offset or a chunk is recorded only after its bytes were C{fdatasync}ed,
+so a crash can lose the tail of an upload but never claim bytes it lacks.
+
+Upload ids are 128 random bits in hex; the store refuses any other id
+before it touches the file system, so no client string becomes a path.
+The store knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from chunkd.disk import DiskService
+from chunkd.errors import InsufficientStorage, UploadError, UploadGone, UploadLocked, UploadNotFound
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+ACTIVE = "active"
+COMPLETE = "complete"
+TERMINATED = "terminated"
+EXPIRED = "expired"
+
+
+def newUploadId() -> str:
+    """
+    A fresh upload id: 128 random bits, never derived from client input.
+    """
+    return secrets.token_hex(16)
+
+
+def isUploadId(value: str) -> bool:
+    return bool(_ID.match(value))
+
+
+@dataclass
+class UploadRecord:
+    """
+    What chunkd knows of one upload, as stored in its record file.
+
+    @ivar length: the total size, or C{None} while it is deferred.
+    @ivar offset: bytes durably written from the start of the file (for
+        sequential protocols such as tus).
+    @ivar metadata: decoded key/value metadata (for hooks and downloads).
+    @ivar expires: when an idle incomplete upload expires (epoch seconds).
+    @ivar state: L{ACTIVE}, L{COMPLETE}, L{TERMINATED} or L{EXPIRED}; the
+        last two are tombstones whose data is gone.
+    @ivar extra: protocol-specific state (tus concatenation, chunk maps).
+    """
+
+    id: str
+    protocol: str
+    length: Optional[int]
+    offset: int = 0
+    metadata: Dict[str, Optional[str]] = field(default_factory=dict)
+    created: float = 0.0
+    updated: float = 0.0
+    expires: Optional[float] = None
+    state: str = ACTIVE
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.state == COMPLETE
+
+    def toJSON(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def fromJSON(cls, data: bytes) -> "UploadRecord":
+        raw = json.loads(data)
+        return cls(**raw)
+
+
+class OpenUpload:
+    """
+    An upload opened for writing: its data file descriptor, holding the
+    upload's exclusive lock until L{close}.
+    """
+
+    def __init__(self, store: "UploadStore", record: UploadRecord, fd: int) -> None:
+        self.store = store
+        self.record = record
+        self.fd = fd
+        self.closed = False
+
+    def close(self) -> None:
+        """
+        Release the lock (closing the descriptor releases the C{flock}).
+        """
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+class UploadStore:
+    """
+    Upload records and data files in one directory tree.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        directory: str,
+        disk: DiskService,
+        durable: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = os.path.abspath(directory)
+        self.uploads = os.path.join(self.directory, "uploads")
+        self.disk = disk
+        self.durable = durable
+        self.clock = clock
+        os.makedirs(self.uploads, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------
+
+    def dataPath(self, uploadId: str) -> str:
+        self._checkId(uploadId)
+        return os.path.join(self.uploads, uploadId + ".data")
+
+    def recordPath(self, uploadId: str) -> str:
+        self._checkId(uploadId)
+        return os.path.join(self.uploads, uploadId + ".json")
+
+    def _checkId(self, uploadId: str) -> None:
+        if not isUploadId(uploadId):
+            raise UploadNotFound("no such upload")
+
+    # -- records -----------------------------------------------------------
+
+    def get(self, uploadId: str) -> UploadRecord:
+        """
+        Read an upload's record.
+
+        @raise UploadNotFound: no such upload (or a malformed id).
+        """
+        try:
+            with open(self.recordPath(uploadId), "rb") as f:
+                return UploadRecord.fromJSON(f.read())
+        except FileNotFoundError:
+            raise UploadNotFound("no such upload") from None
+        except (ValueError, TypeError):
+            self.log.error("unreadable record for upload {uploadId}", uploadId=uploadId)
+            raise UploadNotFound("no such upload") from None
+
+    def getLive(self, uploadId: str) -> UploadRecord:
+        """
+        Read an upload's record, refusing tombstones and expired uploads.
+
+        @raise UploadNotFound: no such upload.
+        @raise UploadGone: it was terminated or has expired.
+        """
+        record = self.get(uploadId)
+        if record.state in (TERMINATED, EXPIRED):
+            raise UploadGone(f"upload was {record.state}")
+        if record.state == ACTIVE and record.expires is not None and record.expires <= self.clock():
+            raise UploadGone("upload expired")
+        return record
+
+    def save(self, record: UploadRecord) -> None:
+        """
+        Replace the record atomically: a reader sees the old or the new one,
+        never half of either.  With durability on, the new record reaches the
+        disk before it replaces the old one.
+        """
+        path = self.recordPath(record.id)
+        temp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            os.write(fd, record.toJSON())
+            if self.durable:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+
+    def records(self) -> Iterator[UploadRecord]:
+        """
+        Every readable record (for start-up reconciliation and the janitor).
+        """
+        for name in os.listdir(self.uploads):
+            if name.endswith(".json") and isUploadId(name[:-5]):
+                try:
+                    yield self.get(name[:-5])
+                except UploadError:
+                    continue
+
+    # -- life cycle --------------------------------------------------------
+
+    def _createNow(self, record: UploadRecord) -> UploadRecord:
+        # Runs in the disk pool: posix_fallocate may have to write zeros on
+        # file systems without native support.
+        path = self.dataPath(record.id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            if record.length:
+                os.posix_fallocate(fd, 0, record.length)
+        except OSError as e:
+            os.close(fd)
+            os.unlink(path)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise InsufficientStorage(
+                    f"not enough disk space for {record.length} bytes"
+                ) from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
+        os.close(fd)
+        try:
+            self.save(record)
+        except OSError as e:
+            os.unlink(path)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage("not enough disk space") from None
+            raise
+        return record
+
+    def create(
+        self,
+        protocol: str,
+        length: Optional[int],
+        expireAfter: Optional[float],
+        metadata: Optional[Dict[str, Optional[str]]] = None,
+        extra: Optional[Dict[str, Any]] = None,
+        uploadId: Optional[str] = None,
+    ) -> Deferred[UploadRecord]:
+        """
+        Create an upload: its data file (preallocated when C{length} is
+        known, so a full disk is refused now, not halfway) and its record.
+
+        @param uploadId: a caller-derived id (a hash, never client text);
+            a random one when C{None}.
+        @return: a Deferred firing with the new record, or failing with
+            L{InsufficientStorage}.
+        """
+        now = self.clock()
+        record = UploadRecord(
+            id=uploadId or newUploadId(),
+            protocol=protocol,
+            length=length,
+            metadata=dict(metadata or {}),
+            created=now,
+            updated=now,
+            expires=now + expireAfter if expireAfter else None,
+            state=COMPLETE if length == 0 else ACTIVE,
+            extra=dict(extra or {}),
+        )
+        return self.disk.run(self._createNow, record)
+
+    def open(self, uploadId: str) -> OpenUpload:
+        """
+        Open an upload for writing and take its exclusive lock.
+
+        @raise UploadLocked: another request (in this or another process)
+            holds it.
+        @raise UploadNotFound, UploadGone: as L{getLive}.
+        """
+        self.getLive(uploadId)
+        try:
+            fd = os.open(self.dataPath(uploadId), os.O_WRONLY)
+        except FileNotFoundError:
+            raise UploadGone("upload data is gone") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UploadLocked("another request is writing to this upload") from None
+        try:
+            # Re-read under the lock: the holder before us may have moved it.
+            record = self.getLive(uploadId)
+        except UploadError:
+            os.close(fd)
+            raise
+        return OpenUpload(self, record, fd)
+
+    def commit(self, upload: OpenUpload, mutate: Callable[[UploadRecord], None]) -> Deferred[UploadRecord]:
+        """
+        Make the bytes written so far durable, then apply C{mutate} to the
+        record and save it -- in that order, in the disk pool, so an offset
+        is never recorded before its bytes are on disk.
+        """
+
+        def commitNow() -> UploadRecord:
+            if self.durable:
+                os.fdatasync(upload.fd)
+            record = upload.record
+            mutate(record)
+            record.updated = self.clock()
+            self.save(record)
+            return record
+
+        return self.disk.run(commitNow)
+
+    def terminate(self, uploadId: str, state: str = TERMINATED) -> None:
+        """
+        Delete an upload's data and leave its record as a tombstone, so
+        later requests learn it is gone (410) rather than unknown (404).
+        The caller holds the upload's lock.
+        """
+        record = self.get(uploadId)
+        record.state = state
+        record.updated = self.clock()
+        try:
+            os.unlink(self.dataPath(uploadId))
+        except FileNotFoundError:
+            pass
+        self.save(record)
+
+    def reconcile(self) -> Dict[str, int]:
+        """
+        Check every record against its data file at start-up: an active
+        record whose data is missing becomes a tombstone; a recorded offset
+        beyond the data file (impossible unless files were tampered with) is
+        pulled back to what the file holds.  Returns counts for the log.
+        """
+        counts = {"records": 0, "missing": 0, "truncated": 0}
+        for record in self.records():
+            counts["records"] += 1
+            if record.state not in (ACTIVE, COMPLETE):
+                continue
+            try:
+                size = os.stat(self.dataPath(record.id)).st_size
+            except FileNotFoundError:
+                counts["missing"] += 1
+                record.state = EXPIRED
+                self.save(record)
+                continue
+            if record.offset > size:
+                counts["truncated"] += 1
+                record.offset = size
+                record.state = ACTIVE
+                self.save(record)
+        return counts

@@ -1,0 +1,240 @@
+"""
+The seam between Twisted's HTTP machinery and chunkd: request bodies are
+streamed to a sink chosen when the headers end, never buffered.
+
+C{twisted.web.http.Request} collects a body into memory or a temporary file
+and only then lets the resource render.  L{StreamingRequest} (the Site's
+C{requestFactory}) instead asks the site's L{BodyRouter} for a L{BodySink}
+in C{gotLength} -- when every header is known but no body byte has arrived
+-- and feeds each piece of body to it as it comes off the socket.  When the
+body ends the request renders as usual (Klein routes it), and the route
+awaits the sink's L{BodySink.result}.
+
+A body that no protocol claims goes to a L{BoundedBody}: small bodies (a
+JSON request) are kept, larger ones are refused with 413, so no body is ever
+held whole in memory.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Callable, List, Optional, Protocol, Tuple
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.http_headers import Headers
+
+from chunkd.errors import TooLarge, UploadError
+
+log = Logger()
+
+
+class BodySink(Protocol):
+    """
+    Where one request's body goes.  Exactly one of L{bodyEnded} and
+    L{bodyFailed} is called, after any number of L{dataReceived}.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        """A piece of body, in order."""
+
+    def bodyEnded(self, trailers: Headers) -> None:
+        """The whole body has arrived; C{trailers} holds any HTTP trailers."""
+
+    def bodyFailed(self, reason: Failure) -> None:
+        """The connection was lost before the body ended."""
+
+    def result(self) -> Deferred[Any]:
+        """
+        What the route awaits: fires once the body has been dealt with
+        (written and recorded), or fails with an L{UploadError}.
+        """
+
+
+class DiscardBody:
+    """
+    Swallows a body whose request is already known to fail (or to need no
+    body), so the route can answer once the body is over.
+    """
+
+    def __init__(self, error: Optional[UploadError] = None) -> None:
+        self.error = error
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def bodyEnded(self, trailers: Headers) -> None:
+        pass
+
+    def bodyFailed(self, reason: Failure) -> None:
+        pass
+
+    def result(self) -> Deferred[Any]:
+        if self.error is not None:
+            return fail(self.error)
+        return succeed(None)
+
+
+class BoundedBody:
+    """
+    Keeps a small body in memory (a JSON request, a form), and refuses any
+    body larger than C{limit} with 413 without keeping more than C{limit}.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._parts: List[bytes] = []
+        self._size = 0
+        self._tooLarge = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self.limit:
+            self._tooLarge = True
+            self._parts = []
+        elif not self._tooLarge:
+            self._parts.append(data)
+
+    def bodyEnded(self, trailers: Headers) -> None:
+        pass
+
+    def bodyFailed(self, reason: Failure) -> None:
+        self._parts = []
+
+    def result(self) -> Deferred[Any]:
+        if self._tooLarge:
+            return fail(TooLarge(f"request body larger than {self.limit} bytes"))
+        return succeed(b"".join(self._parts))
+
+
+class SinkFactory(Protocol):
+    def __call__(self, request: "StreamingRequest") -> Optional[BodySink]:
+        """
+        A sink for C{request}'s body, or C{None} if this factory does not
+        handle it.  May raise L{UploadError}: the body is then discarded and
+        the error becomes the answer.
+        """
+
+
+class BodyRouter:
+    """
+    Chooses a body sink by the request's path prefix: each protocol mounts a
+    sink factory at its path.
+    """
+
+    smallBodyLimit = 64 * 1024
+
+    def __init__(self) -> None:
+        self._mounts: List[Tuple[str, SinkFactory]] = []
+
+    def mount(self, prefix: str, factory: SinkFactory) -> None:
+        """
+        Send bodies of requests at C{prefix} (and below it) to C{factory}.
+        Longer prefixes win.
+        """
+        self._mounts.append((prefix.rstrip("/"), factory))
+        self._mounts.sort(key=lambda m: len(m[0]), reverse=True)
+
+    def sinkFor(self, request: "StreamingRequest") -> BodySink:
+        path = request.path.decode("latin-1")
+        for prefix, factory in self._mounts:
+            if path == prefix or path.startswith(prefix + "/"):
+                try:
+                    sink = factory(request)
+                except UploadError as e:
+                    return DiscardBody(e)
+                except Exception:
+                    log.failure("choosing a body sink for {uri}", uri=request.uri)
+                    return DiscardBody(UploadError("internal error", status=500))
+                if sink is not None:
+                    return sink
+        return BoundedBody(self.smallBodyLimit)
+
+
+class StreamingRequest(server.Request):
+    """
+    A request whose body is streamed to a L{BodySink} instead of being
+    collected in C{content} (which stays empty, so Twisted never parses a
+    form in memory).
+
+    @ivar bodySink: the sink chosen when the headers ended.
+    @ivar trailers: HTTP trailers of a chunked body, once it ended.
+    """
+
+    bodySink: BodySink
+    _bodyOpen = False
+    # Twisted labels every response text/html; most of ours have no body.
+    defaultContentType = None
+
+    def gotLength(self, length: Optional[int]) -> None:
+        # Every header is known; the request line is still on the channel.
+        self.content = io.BytesIO()
+        self.method = self.channel._command
+        self.uri = self.channel._path
+        self.path = self.uri.split(b"?", 1)[0]
+        self.method = self.effectiveMethod()
+        self.bodyLength = length
+        self.trailers = Headers()
+        self._decoder = getattr(self.channel, "_transferDecoder", None)
+        router: BodyRouter = self.channel.site.bodyRouter
+        self.bodySink = router.sinkFor(self)
+        self._bodyOpen = True
+
+    def effectiveMethod(self) -> bytes:
+        """
+        The method, after C{X-HTTP-Method-Override} (which tus clients send
+        with POST where PATCH or DELETE cannot get through).
+        """
+        override = self.requestHeaders.getRawHeaders(b"x-http-method-override")
+        if override and self.method == b"POST":
+            return override[0].strip().upper()
+        return self.method.upper()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.bodySink.dataReceived(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._bodyOpen = False
+        self.trailers = _trailersOf(self._decoder)
+        self._decoder = None
+        self.bodySink.bodyEnded(self.trailers)
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        # Klein routes on self.method: apply the override for it too.
+        self.method = self.effectiveMethod()
+        super().process()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._bodyOpen:
+            self._bodyOpen = False
+            self.bodySink.bodyFailed(reason)
+        super().connectionLost(reason)
+
+
+def _trailersOf(decoder: Any) -> Headers:
+    """
+    The trailers Twisted's chunked decoder collected.  Twisted keeps them on
+    a private attribute and offers no public way to read them; if a future
+    Twisted drops the attribute, trailers read as empty (and chunkd stops
+    advertising checksum-trailer, see L{trailersSupported}).
+    """
+    headers = Headers()
+    for line in getattr(decoder, "_trailerHeaders", None) or []:
+        name, sep, value = bytes(line).partition(b":")
+        if sep:
+            headers.addRawHeader(name.strip(), value.strip())
+    return headers
+
+
+def trailersSupported() -> bool:
+    """
+    Whether this Twisted exposes request trailers (see L{_trailersOf}).
+    """
+    from twisted.web.http import _ChunkedTransferDecoder
+
+    probe = _ChunkedTransferDecoder(lambda data: None, lambda rest: None)
+    return isinstance(getattr(probe, "_trailerHeaders", None), list)
+

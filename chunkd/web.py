@@ -1,0 +1,196 @@
+"""
+The HTTP face: one Klein app on which every protocol installs its routes,
+the one place where L{UploadError}s become responses, CORS, and the Site
+that streams bodies (L{StreamingRequest}).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, List, Optional, Protocol
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from chunkd.config import Config
+from chunkd.errors import UploadError
+from chunkd.streaming import BodyRouter, StreamingRequest
+
+log = Logger()
+
+
+class UploadProtocol(Protocol):
+    """
+    A protocol chunkd speaks (tus, Resumable.js, ...): it adds its routes to
+    the app and mounts its body sinks on the router.
+    """
+
+    exposedHeaders: List[str]
+
+    def install(self, app: Klein, router: BodyRouter) -> None:
+        ...
+
+
+def header(request: Any, name: str) -> Optional[str]:
+    """
+    The first value of a request header as text, or C{None}.
+    """
+    values = request.requestHeaders.getRawHeaders(name.encode("latin-1"))
+    if not values:
+        return None
+    return values[0].decode("latin-1").strip()
+
+
+def setHeader(request: Any, name: str, value: object) -> None:
+    request.responseHeaders.setRawHeaders(name.encode("latin-1"), [str(value).encode("latin-1")])
+
+
+_FORWARDED_PAIR = re.compile(r'\s*([a-zA-Z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)')
+_SAFE_HOST = re.compile(r"^[A-Za-z0-9.\-\[\]:]+$")
+
+
+def baseURL(request: Any, trustProxy: bool) -> str:
+    """
+    C{scheme://host} as the client sees this server: from C{Host}, or --
+    behind a trusted reverse proxy -- from C{Forwarded} (RFC 7239) or
+    C{X-Forwarded-Proto}/C{X-Forwarded-Host}.  A host that is not a plain
+    host name or address is ignored, so no header can inject a URL.
+    """
+    scheme = "https" if request.isSecure() else "http"
+    host = header(request, "host")
+    prefix = ""
+    if trustProxy:
+        forwarded = header(request, "forwarded")
+        if forwarded:
+            first = forwarded.split(",", 1)[0]
+            pairs = {k.lower(): v.strip('"') for k, v in _FORWARDED_PAIR.findall(first)}
+            scheme = pairs.get("proto", scheme)
+            host = pairs.get("host", host)
+        else:
+            proto = header(request, "x-forwarded-proto")
+            fhost = header(request, "x-forwarded-host")
+            if proto:
+                scheme = proto.split(",", 1)[0].strip()
+            if fhost:
+                host = fhost.split(",", 1)[0].strip()
+        fprefix = header(request, "x-forwarded-prefix")
+        if fprefix and re.match(r"^/[A-Za-z0-9._~/\-]*$", fprefix):
+            prefix = fprefix.rstrip("/")
+    if scheme not in ("http", "https"):
+        scheme = "http"
+    if not host or not _SAFE_HOST.match(host):
+        address = request.getHost()
+        host = f"{address.host}:{address.port}"
+    return f"{scheme}://{host}{prefix}"
+
+
+class Cors:
+    """
+    Cross-origin access for browser clients: allowed origins come from the
+    config; the protocols say which response headers scripts may read.
+    """
+
+    allowMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+    def __init__(self, config: Config, exposedHeaders: List[str]) -> None:
+        self.origins = set(config.cors.allowed_origins)
+        self.maxAge = int(config.cors.max_age)
+        self.exposed = ", ".join(sorted(set(exposedHeaders)))
+
+    def allowedOrigin(self, request: Any) -> Optional[str]:
+        origin = header(request, "origin")
+        if origin is None or not self.origins:
+            return None
+        if "*" in self.origins or origin in self.origins:
+            return origin
+        return None
+
+    def decorate(self, request: Any) -> None:
+        """
+        Add CORS headers to any response whose origin is allowed; answer
+        the preflight's questions on OPTIONS.
+        """
+        origin = self.allowedOrigin(request)
+        if origin is None:
+            return
+        setHeader(request, "Access-Control-Allow-Origin", origin)
+        request.responseHeaders.addRawHeader(b"Vary", b"Origin")
+        setHeader(request, "Access-Control-Expose-Headers", self.exposed)
+        if request.method == b"OPTIONS":
+            setHeader(request, "Access-Control-Allow-Methods", self.allowMethods)
+            asked = header(request, "access-control-request-headers")
+            if asked and re.match(r"^[A-Za-z0-9\-_, ]*$", asked):
+                setHeader(request, "Access-Control-Allow-Headers", asked)
+            setHeader(request, "Access-Control-Max-Age", self.maxAge)
+
+
+def renderError(request: Any, error: UploadError) -> bytes:
+    """
+    The one place an L{UploadError} becomes a response: its status, its
+    headers, and its reason as one line of text.
+    """
+    request.setResponseCode(error.status)
+    for name, value in error.headers.items():
+        setHeader(request, name, value)
+    setHeader(request, "Content-Type", "text/plain; charset=utf-8")
+    setHeader(request, "Cache-Control", "no-store")
+    if request.method == b"HEAD":
+        return b""
+    return error.reason.encode("utf-8") + b"\n"
+
+
+class ChunkdSite(Site):
+    """
+    The Site: streams bodies through C{bodyRouter}, adds CORS headers
+    before any route runs, and never shows a traceback to a client.
+    """
+
+    displayTracebacks = False
+
+    def __init__(self, app: Klein, router: BodyRouter, cors: Cors, timeout: float) -> None:
+        super().__init__(
+            app.resource(),
+            requestFactory=StreamingRequest,
+            timeout=timeout or None,
+            parsePOSTFormSubmission=False,
+        )
+        self.bodyRouter = router
+        self.cors = cors
+
+    def getResourceFor(self, request: Any) -> Any:
+        self.cors.decorate(request)
+        return super().getResourceFor(request)
+
+
+def buildApp(protocols: List[UploadProtocol]) -> "tuple[Klein, BodyRouter, List[str]]":
+    """
+    One Klein app and body router with every protocol installed, plus the
+    error rendering every route shares.
+    """
+    app = Klein()
+    router = BodyRouter()
+    exposed: List[str] = []
+    for protocol in protocols:
+        protocol.install(app, router)
+        exposed.extend(protocol.exposedHeaders)
+
+    @app.handle_errors(UploadError)
+    def uploadError(request: Any, failure: Failure) -> bytes:
+        return renderError(request, failure.value)
+
+    @app.handle_errors(Exception)
+    def unexpected(request: Any, failure: Failure) -> bytes:
+        log.failure("unexpected error answering {method} {uri}", failure,
+                    method=request.method, uri=request.uri)
+        return renderError(request, UploadError("internal error", status=500))
+
+    @app.route("/", branch=True, methods=["OPTIONS"])
+    def preflight(request: Any) -> bytes:
+        # CORS preflight anywhere; the headers come from Cors.decorate.
+        request.setResponseCode(200)
+        return b""
+
+    return app, router, exposed
+

@@ -1,0 +1,21 @@
+from setuptools import setup
+
+setup(
+    name="chunkd",
+    version="0.1.0",
+    description="A resumable-upload daemon on Twisted: tus 1.0.0, Resumable.js, flow.js",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=["chunkd", "twisted.plugins"],
+    package_data={"twisted": ["plugins/chunkd_plugin.py"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "twisted[tls]>=25.5",
+        "klein>=24.8",
+        "treq>=24.9",
+        "service-identity>=24.1",
+        "pyyaml>=6.0",
+        "multipart>=1.2",
+    ],
+    extras_require={"test": ["tuspy>=1.0"]},
+)
