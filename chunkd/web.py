@@ -10,6 +10,7 @@ import re
 from typing import Any, Callable, List, Optional, Protocol
 
 from klein import Klein
+from werkzeug.exceptions import HTTPException
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -179,6 +180,13 @@ def buildApp(protocols: List[UploadProtocol]) -> "tuple[Klein, BodyRouter, List[
     @app.handle_errors(UploadError)
     def uploadError(request: Any, failure: Failure) -> bytes:
         return renderError(request, failure.value)
+
+    @app.handle_errors(HTTPException)
+    def routingError(request: Any, failure: Failure) -> bytes:
+        # No route (404) or not this method (405): werkzeug's verdict, our format.
+        error: HTTPException = failure.value
+        reason = "no such resource" if error.code == 404 else "method not allowed here"
+        return renderError(request, UploadError(reason, status=error.code or 400))
 
     @app.handle_errors(Exception)
     def unexpected(request: Any, failure: Failure) -> bytes:
