@@ -67,6 +67,36 @@ class TusConfig:
 
 
 @dataclass(frozen=True)
+class ResumableConfig:
+    enabled: bool = _plain(True, "serve the Resumable.js chunk protocol")
+    path: str = _plain("/resumable", "where Resumable.js uploads are mounted")
+    file_field: str = _plain("file", "name of the multipart part holding the chunk")
+    max_chunks: int = _plain(100000, "most chunks one upload may have")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    enabled: bool = _plain(True, "serve flow.js's dialect of the chunk protocol")
+    path: str = _plain("/flow", "where flow.js uploads are mounted")
+    file_field: str = _plain("file", "name of the multipart part holding the chunk")
+    max_chunks: int = _plain(100000, "most chunks one upload may have")
+
+
+@dataclass(frozen=True)
+class CompleteConfig:
+    directory: str = _plain(
+        "", "where finished chunk-protocol uploads go; empty = <storage>/complete"
+    )
+
+
+@dataclass(frozen=True)
+class UploadsConfig:
+    enabled: bool = _plain(True, "serve the chunked-upload facade")
+    path: str = _plain("/uploads", "where the facade is mounted")
+    max_chunk_size: int = _size(2 * 1024 * 1024, "largest PATCH body")
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     max_size: int = _size(0, "bytes per upload; 0 = unlimited")
     max_metadata_size: int = _size(4096, "bytes of Upload-Metadata per upload")
@@ -113,6 +143,10 @@ class Config:
     cors: CorsConfig = field(default_factory=CorsConfig)
     disk: DiskConfig = field(default_factory=DiskConfig)
     janitor: ExpiryConfig = field(default_factory=ExpiryConfig)
+    resumable: ResumableConfig = field(default_factory=ResumableConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    complete: CompleteConfig = field(default_factory=CompleteConfig)
+    uploads: UploadsConfig = field(default_factory=UploadsConfig)
 
 
 _SIZE_UNITS = {
@@ -255,8 +289,14 @@ def _checkSemantics(config: Config) -> Config:
             raise ConfigError(
                 "cors.allowed_origins", f"{origin!r} is not an origin like https://example.com"
             )
-    tus = replace(config.tus, path=_normalizeMount("tus.path", config.tus.path))
-    return replace(config, tus=tus)
+    mounts = {}
+    for section in ("tus", "resumable", "flow", "uploads"):
+        part = getattr(config, section)
+        mounts[section] = replace(part, path=_normalizeMount(f"{section}.path", part.path))
+    enabled = [m.path for m in mounts.values() if m.enabled]
+    if len(set(enabled)) != len(enabled):
+        raise ConfigError("path", "two protocols are mounted at the same path")
+    return replace(config, **mounts)
 
 
 def loadConfig(

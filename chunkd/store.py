@@ -300,21 +300,62 @@ class UploadStore:
             raise
         return OpenUpload(self, record, fd)
 
+    def openShared(self, uploadId: str) -> OpenUpload:
+        """
+        Open an upload for writing alongside other writers (Resumable.js
+        chunks of one file arrive several at once, each at its own offset).
+        Takes a shared lock, so an exclusive holder (a termination) and the
+        writers exclude each other; the record is updated under the short
+        record lock of L{commit}.
+
+        @raise UploadLocked: someone holds the upload exclusively.
+        """
+        self.getLive(uploadId)
+        try:
+            fd = os.open(self.dataPath(uploadId), os.O_WRONLY)
+        except FileNotFoundError:
+            raise UploadGone("upload data is gone") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UploadLocked("the upload is busy") from None
+        return OpenUpload(self, self.get(uploadId), fd)
+
+    def _updateNow(self, uploadId: str, mutate: Callable[[UploadRecord], None]) -> UploadRecord:
+        # Runs in the disk pool.  The record lock is an flock on a lock file
+        # beside the record: it excludes other threads and other processes
+        # for the few microseconds of a read-modify-write.
+        lockFd = os.open(self.recordPath(uploadId) + ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(lockFd, fcntl.LOCK_EX)
+            record = self.get(uploadId)
+            mutate(record)
+            record.updated = self.clock()
+            self.save(record)
+            return record
+        finally:
+            os.close(lockFd)
+
+    def update(self, uploadId: str, mutate: Callable[[UploadRecord], None]) -> Deferred[UploadRecord]:
+        """
+        Read the record afresh, apply C{mutate}, save it -- under the record
+        lock, in the disk pool -- and fire with the new record.
+        """
+        return self.disk.run(self._updateNow, uploadId, mutate)
+
     def commit(self, upload: OpenUpload, mutate: Callable[[UploadRecord], None]) -> Deferred[UploadRecord]:
         """
-        Make the bytes written so far durable, then apply C{mutate} to the
-        record and save it -- in that order, in the disk pool, so an offset
-        is never recorded before its bytes are on disk.
+        Make the bytes written through C{upload} durable, then L{update} its
+        record with C{mutate} -- in that order, in the disk pool, so an
+        offset or a chunk is never recorded before its bytes are on disk.
         """
 
         def commitNow() -> UploadRecord:
             if self.durable:
                 os.fdatasync(upload.fd)
-            record = upload.record
-            mutate(record)
-            record.updated = self.clock()
-            self.save(record)
-            return record
+            upload.record = self._updateNow(upload.record.id, mutate)
+            return upload.record
 
         return self.disk.run(commitNow)
 
@@ -327,10 +368,11 @@ class UploadStore:
         record = self.get(uploadId)
         record.state = state
         record.updated = self.clock()
-        try:
-            os.unlink(self.dataPath(uploadId))
-        except FileNotFoundError:
-            pass
+        for path in (self.dataPath(uploadId), self.recordPath(uploadId) + ".lock"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         self.save(record)
 
     def reconcile(self) -> Dict[str, int]:
