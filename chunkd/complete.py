@@ -1,0 +1,89 @@
+"""
+The completed-files area: where a finished upload is handed to the
+application that wanted it.
+
+A finished upload's data file is I{moved} here (a rename on the same file
+system: no copy, no reassembly) under a name that is safe by construction,
+with a JSON sidecar (C{<name>.json}) holding what the application needs:
+the original file name, relative path, size, sha256.  Names never come from
+client text unsanitized, and an existing file is never overwritten: a
+collision gets a numbered name instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+from typing import Any, Dict, Optional
+
+_UNSAFE = re.compile(r"[^\w.\- ()+,=@]", re.UNICODE)
+MAX_NAME = 200
+
+
+def sanitizeFilename(name: Optional[str], fallback: str) -> str:
+    """
+    A file name safe to create in one directory: the last path component
+    of C{name}, without control characters, separators or leading dots,
+    at most L{MAX_NAME} bytes of UTF-8; C{fallback} when nothing is left.
+    """
+    if not name:
+        return fallback
+    name = unicodedata.normalize("NFC", name.replace("\\", "/")).split("/")[-1]
+    name = "".join(c for c in name if c.isprintable())
+    name = _UNSAFE.sub("_", name).strip(" .")
+    while len(name.encode("utf-8")) > MAX_NAME:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16 and stem:
+            name = stem[:-1] + "." + ext
+        else:
+            name = name[:-1]
+    if not name or name in (".", ".."):
+        return fallback
+    return name
+
+
+class CompletedFiles:
+    """
+    The directory finished uploads are published into.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.abspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+
+    def publish(self, source: str, name: str, info: Dict[str, Any], durable: bool = True) -> str:
+        """
+        Move the file at C{source} into the area as C{name} (already
+        sanitized), or C{name (1)}, C{name (2)}, ... if taken, and write its
+        sidecar.  Blocking: call it in the disk pool.
+
+        @return: the path the file now has.
+        """
+        stem, dot, ext = name.rpartition(".")
+        if not dot or not stem:
+            stem, ext = name, ""
+        for n in range(10000):
+            candidate = name if n == 0 else f"{stem} ({n}){'.' + ext if ext else ''}"
+            target = os.path.join(self.directory, candidate)
+            if os.path.lexists(target + ".json"):
+                continue  # that name's sidecar slot holds another file
+            try:
+                # link() fails if the name exists: never overwrites, unlike rename().
+                os.link(source, target)
+            except FileExistsError:
+                continue
+            os.unlink(source)
+            break
+        else:
+            raise OSError("no free name for the completed file")
+        sidecar = dict(info, path=target, name=os.path.basename(target))
+        temp = target + ".json.tmp"
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump(sidecar, f, sort_keys=True)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(temp, target + ".json")
+        return target
