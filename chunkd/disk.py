@@ -44,6 +44,9 @@ class DiskService(Service):
 
     name = "disk"
     log = Logger()
+    #: bytes accepted by all writers and not yet written, now and at most.
+    queued = 0
+    peakQueued = 0
 
     def __init__(self, reactor: Any, threads: int) -> None:
         self.reactor = reactor
@@ -136,6 +139,8 @@ class OffsetWriter:
         self._pending.append(data)
         self.queued += len(data)
         self.peakQueued = max(self.peakQueued, self.queued)
+        self._disk.queued += len(data)
+        self._disk.peakQueued = max(self._disk.peakQueued, self._disk.queued)
         if self._producer is not None and not self._paused and self.queued >= self._highWater:
             self._paused = True
             self._producer.pauseProducing()
@@ -192,6 +197,7 @@ class OffsetWriter:
         self._inFlight = False
         self.written += size
         self.queued -= size
+        self._disk.queued -= size
         self._afterBatch()
 
     def _batchFailed(self, failure: Failure) -> None:
@@ -199,6 +205,7 @@ class OffsetWriter:
         self.error = failure.value
         # Nothing more will be written: forget the queue.
         self._pending = []
+        self._disk.queued -= self.queued
         self.queued = 0
         self._afterBatch()
 
