@@ -253,7 +253,7 @@ def _build(cls: type, data: object, prefix: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(prefix or "(top level)", "expected a mapping of keys")
+        raise ConfigError(prefix.rstrip(".") or "(top level)", "expected a mapping of keys")
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for name, value in data.items():

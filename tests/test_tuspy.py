@@ -1,0 +1,69 @@
+"""
+The public Python tus client, tuspy, against chunkd on a real socket.
+tuspy is synchronous, so it runs in a thread while the reactor serves it.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from twisted.internet import defer, threads
+
+from tests.helpers import deferLater, randomBytes, rawRequest
+from tests.test_streaming import patchHead
+from tests.test_tus import TusTestCase, h
+
+try:
+    from tusclient import client as tusclient
+except ImportError:  # pragma: no cover - tuspy is a test dependency
+    tusclient = None
+
+
+class TuspyTests(TusTestCase):
+    def setUp(self) -> Any:
+        if tusclient is None:
+            raise self.skipTest("tuspy is not installed (pip install '.[test]')")
+        return super().setUp()
+
+    @defer.inlineCallbacks
+    def test_multiChunkUploadWithChecksums(self) -> Any:
+        data = randomBytes(3 * 1024 * 1024 + 12345)
+
+        def upload() -> str:
+            c = tusclient.TusClient(self.url("/files/"))
+            uploader = c.uploader(file_stream=io.BytesIO(data), chunk_size=512 * 1024,
+                                  upload_checksum=True, metadata={"filename": "movie.mp4"})
+            uploader.upload()
+            return uploader.url
+
+        url = yield threads.deferToThread(upload)
+        uploadId = url.rsplit("/", 1)[1]
+        self.assertEqual(self.dataOf(uploadId), data)
+        record = self.store.get(uploadId)
+        self.assertEqual((record.state, record.metadata["filename"]), ("complete", "movie.mp4"))
+
+    @defer.inlineCallbacks
+    def test_resumeAfterConnectionCutMidPatch(self) -> Any:
+        data = randomBytes(2 * 1024 * 1024)
+        uploadId = yield self.createId(len(data))
+        cut = 700 * 1024
+        yield rawRequest(self.port.getHost().port, patchHead(uploadId, 0, len(data)) + data[:cut], closeAfter=0.3)
+        for _ in range(50):
+            r = yield self.head(uploadId)
+            if h(r, "upload-offset") == str(cut):
+                break
+            yield deferLater(0.05)
+        self.assertEqual(h(r, "upload-offset"), str(cut))
+
+        def resume() -> int:
+            c = tusclient.TusClient(self.url("/files/"))
+            uploader = c.uploader(file_stream=io.BytesIO(data), url=self.url(f"/files/{uploadId}"),
+                                  chunk_size=256 * 1024)
+            start = uploader.offset
+            uploader.upload()
+            return start
+
+        start = yield threads.deferToThread(resume)
+        self.assertEqual(start, cut)
+        self.assertEqual(self.dataOf(uploadId), data)
