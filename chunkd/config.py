@@ -93,7 +93,22 @@ class CompleteConfig:
 class UploadsConfig:
     enabled: bool = _plain(True, "serve the chunked-upload facade")
     path: str = _plain("/uploads", "where the facade is mounted")
-    max_chunk_size: int = _size(2 * 1024 * 1024, "largest PATCH body")
+    max_chunk_size: int = _size(
+        2 * 1024 * 1024, "largest PATCH body (the chunk's bytes in a multipart body); 0 = no limit"
+    )
+    token_secret: str = _plain(
+        "", "shared secret for finalize tokens an application mints (HMAC-SHA256); empty = off"
+    )
+    token_ttl: float = _duration(
+        0.0, "how long a token chunkd issues at creation stays valid; 0 = as long as the upload"
+    )
+    issue_tokens: bool = _plain(
+        True, "answer creation with a per-upload finalize token (the Upload-Token header)"
+    )
+    patch_requires_token: bool = _plain(
+        False, "PATCH and HEAD need the upload's token too (X-Upload-Token)"
+    )
+    min_free_space: int = _size(0, "/health fails below this much free space; 0 = no floor")
 
 
 @dataclass(frozen=True)
