@@ -1,0 +1,19 @@
+#!/bin/sh
+# chunkd benchmark: install the peers, then run every workload against every
+# server and write bench/results/results.{md,png,json}.
+#   bench/run.sh              full run (5 runs per figure, ~30 min)
+#   bench/run.sh --quick      small sizes, 2 runs: a smoke test
+#   bench/run.sh --runs 3 --only w1,w3 --servers chunkd,tus-node
+# Set BENCH_NO_INSTALL=1 to skip the installs.
+set -e
+here=$(cd "$(dirname "$0")" && pwd)
+if [ -z "$BENCH_NO_INSTALL" ]; then
+    if ! command -v nginx >/dev/null 2>&1 || ! command -v strace >/dev/null 2>&1; then
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx strace curl
+    fi
+    (cd "$here" && npm install --no-audit --no-fund --loglevel=error)
+    python3 -m pip install -q --disable-pip-version-check matplotlib py-spy \
+        "twisted[tls]>=25.5" "klein>=24.8" "treq>=24.9" "pyyaml>=6.0" "multipart>=1.2" service-identity
+fi
+exec python3 "$here/harness.py" "$@"
