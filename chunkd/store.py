@@ -387,6 +387,8 @@ class UploadStore:
             counts["records"] += 1
             if record.state not in (ACTIVE, COMPLETE):
                 continue
+            if record.state == COMPLETE and record.extra.get("path"):
+                continue  # published: its data moved to the completed-files area
             try:
                 size = os.stat(self.dataPath(record.id)).st_size
             except FileNotFoundError:

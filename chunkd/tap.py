@@ -71,6 +71,10 @@ def buildProtocols(config: Config, store: UploadStore, disk: DiskService) -> Lis
     protocols: List[UploadProtocol] = []
     if config.tus.enabled:
         protocols.append(TusProtocol(config, store, disk))
+    if config.uploads.enabled:
+        from chunkd.facade import FacadeProtocol
+
+        protocols.append(FacadeProtocol(config, store, disk))
     return protocols
 
 
