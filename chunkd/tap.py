@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from chunkd.config import Config, ConfigError, checkStorageDirectory, loadConfig
 from chunkd.disk import DiskService
+from chunkd.resumable import chunkProtocols
 from chunkd.store import UploadStore
 from chunkd.tus import TusProtocol
 from chunkd.web import ChunkdSite, Cors, UploadProtocol, buildApp
@@ -75,6 +76,8 @@ def buildProtocols(config: Config, store: UploadStore, disk: DiskService) -> Lis
         from chunkd.facade import FacadeProtocol
 
         protocols.append(FacadeProtocol(config, store, disk))
+    # Resumable.js at resumable.path and flow.js at flow.path, each if enabled.
+    protocols.extend(chunkProtocols(config, store, disk))
     return protocols
 
 
