@@ -16,6 +16,7 @@ setup(
         "service-identity>=24.1",
         "pyyaml>=6.0",
         "multipart>=1.2",
+        "prometheus-client>=0.20",
     ],
     extras_require={"test": ["tuspy>=1.0"]},
 )

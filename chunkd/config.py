@@ -124,6 +124,9 @@ class NetworkConfig:
     trust_proxy: bool = _plain(
         False, "build URLs from Forwarded / X-Forwarded-* headers (behind a proxy)"
     )
+    shutdown_grace: float = _duration(
+        10.0, "on stop, how long in-flight request bodies may take to finish"
+    )
 
 
 @dataclass(frozen=True)
@@ -140,10 +143,43 @@ class DiskConfig:
 
 
 @dataclass(frozen=True)
-class ExpiryConfig:
+class JanitorConfig:
+    interval: float = _duration(60.0, "how often the janitor sweeps")
     expire_after: float = _duration(
         86400.0, "an incomplete upload idle this long expires"
     )
+    tombstone_ttl: float = _duration(
+        7 * 86400.0, "how long a terminated or expired upload still answers 410"
+    )
+    keep_completed: float = _duration(0.0, "delete completed uploads this old; 0 = keep")
+    orphan_after: float = _duration(
+        3600.0, "remove files without a record (or records without data) this old"
+    )
+    slice_seconds: float = _duration(0.01, "longest the janitor holds the reactor at once")
+
+
+@dataclass(frozen=True)
+class HookEndpoint:
+    url: str = _plain("", "where events are POSTed (http or https)")
+    secret: str = _plain("", "HMAC-SHA256 key for the Chunkd-Signature header")
+    events: tuple = _plain(
+        ["post-create", "post-finish", "post-terminate", "post-expire"], "which events to send"
+    )
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    endpoints: tuple = field(
+        default_factory=tuple, metadata={"kind": "records", "item": HookEndpoint, "doc": "receivers"}
+    )
+    timeout: float = _duration(10.0, "longest wait for a receiver's answer")
+    max_backoff: float = _duration(600.0, "longest wait between retries of an event")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = _plain(True, "serve Prometheus metrics")
+    path: str = _plain("/metrics", "where the metrics are served")
 
 
 @dataclass(frozen=True)
@@ -157,7 +193,10 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
     disk: DiskConfig = field(default_factory=DiskConfig)
-    janitor: ExpiryConfig = field(default_factory=ExpiryConfig)
+    log_level: str = _plain("info", "debug, info, warn or error", "log_level")
+    janitor: JanitorConfig = field(default_factory=JanitorConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     resumable: ResumableConfig = field(default_factory=ResumableConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     complete: CompleteConfig = field(default_factory=CompleteConfig)
@@ -181,6 +220,8 @@ _SIZE_UNITS = {
     "tib": 1024**4,
 }
 _DURATION_UNITS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+HOOK_EVENTS = ("pre-create", "post-create", "post-finish", "post-terminate", "post-expire")
+LOG_LEVELS = ("debug", "info", "warn", "error")
 _NUMBER_WITH_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -240,6 +281,10 @@ def _convert(key: str, f: dataclasses.Field, value: object) -> object:
             return parseSize(value)
         if kind == "duration":
             return parseDuration(value)
+        if kind == "records":
+            if not isinstance(value, list):
+                raise ValueError("expected a list of mappings")
+            return tuple(_build(f.metadata["item"], item, f"{key}[{i}].") for i, item in enumerate(value))
         if kind == "list":
             if isinstance(value, str):
                 value = [value]
@@ -259,6 +304,8 @@ def _convert(key: str, f: dataclasses.Field, value: object) -> object:
             raise ValueError("expected a string")
         if kind == "endpoint":
             return _checkEndpoint(value)
+        if kind == "log_level" and value not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
         return value
     except ValueError as e:
         raise ConfigError(key, str(e)) from None
@@ -304,14 +351,23 @@ def _checkSemantics(config: Config) -> Config:
             raise ConfigError(
                 "cors.allowed_origins", f"{origin!r} is not an origin like https://example.com"
             )
+    for i, hook in enumerate(config.hooks.endpoints):
+        if not re.match(r"^https?://[^/\s]+", hook.url):
+            raise ConfigError(f"hooks.endpoints[{i}].url", "expected an http:// or https:// URL")
+        unknown = set(hook.events) - set(HOOK_EVENTS)
+        if unknown:
+            raise ConfigError(f"hooks.endpoints[{i}].events", f"unknown event {sorted(unknown)[0]!r}")
+    if config.janitor.interval <= 0:
+        raise ConfigError("janitor.interval", "must be more than 0")
     mounts = {}
+    metrics = replace(config.metrics, path=_normalizeMount("metrics.path", config.metrics.path))
     for section in ("tus", "resumable", "flow", "uploads"):
         part = getattr(config, section)
         mounts[section] = replace(part, path=_normalizeMount(f"{section}.path", part.path))
     enabled = [m.path for m in mounts.values() if m.enabled]
     if len(set(enabled)) != len(enabled):
         raise ConfigError("path", "two protocols are mounted at the same path")
-    return replace(config, **mounts)
+    return replace(config, metrics=metrics, **mounts)
 
 
 def loadConfig(

@@ -52,6 +52,8 @@ class DiskService(Service):
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="chunkd-disk")
         self.pwritev: Callable[[int, Sequence[Any], int], int] = os.pwritev
+        self.outstanding = 0
+        self._drainWaiters: List[Deferred[None]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -59,20 +61,48 @@ class DiskService(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop the pool once every queued job has run: joining the threads
-        waits for in-flight writes, so offsets recorded at shutdown are true.
+        Stop the pool once no job is outstanding -- including jobs that the
+        callbacks of finished jobs queue (a flush followed by its commit) --
+        so offsets recorded at shutdown are true.
         """
         super().stopService()
-        # ThreadPool.stop joins its workers; do it off the reactor thread.
         from twisted.internet.threads import deferToThread
 
-        return deferToThread(self.pool.stop)
+        # ThreadPool.stop joins its workers: do it off the reactor thread.
+        return self.drained().addCallback(lambda _: deferToThread(self.pool.stop))
 
     def run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
         Run C{f} in the disk pool; the Deferred fires on the reactor thread.
         """
-        return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+        self.outstanding += 1
+        d = deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+
+        def finished(result: Any) -> Any:
+            self.outstanding -= 1
+            if not self.outstanding and self._drainWaiters:
+                # A callback down this chain may queue the next job: decide
+                # on the next reactor turn.
+                self.reactor.callLater(0, self._checkDrained)
+            return result
+
+        return d.addBoth(finished)
+
+    def drained(self) -> Deferred[None]:
+        """
+        Fires once no disk job is outstanding.
+        """
+        d: Deferred[None] = Deferred()
+        self._drainWaiters.append(d)
+        self.reactor.callLater(0, self._checkDrained)
+        return d
+
+    def _checkDrained(self) -> None:
+        if self.outstanding:
+            return
+        waiters, self._drainWaiters = self._drainWaiters, []
+        for d in waiters:
+            d.callback(None)
 
     def writer(
         self,

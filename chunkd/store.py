@@ -37,6 +37,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from chunkd.disk import DiskService
+from chunkd.events import POST_CREATE, POST_EXPIRE, POST_FINISH, POST_TERMINATE, UploadEvents
 from chunkd.errors import InsufficientStorage, UploadError, UploadGone, UploadLocked, UploadNotFound
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -137,7 +138,13 @@ class UploadStore:
         self.disk = disk
         self.durable = durable
         self.clock = clock
+        self.events = UploadEvents()
         os.makedirs(self.uploads, exist_ok=True)
+
+    def _emit(self, event: str, record: UploadRecord) -> None:
+        # Store methods run on the reactor or in the disk pool; listeners
+        # always run on the reactor thread.
+        self.disk.reactor.callFromThread(self.events.emit, event, record)
 
     # -- paths -------------------------------------------------------------
 
@@ -272,7 +279,18 @@ class UploadStore:
             state=COMPLETE if length == 0 else ACTIVE,
             extra=dict(extra or {}),
         )
-        return self.disk.run(self._createNow, record)
+        if self.events.preCreate is not None:
+            d = self.events.preCreate(record)
+            d.addCallback(lambda _: self.disk.run(self._createNow, record))
+        else:
+            d = self.disk.run(self._createNow, record)
+        return d.addCallback(self._created)
+
+    def _created(self, record: UploadRecord) -> UploadRecord:
+        self._emit(POST_CREATE, record)
+        if record.state == COMPLETE:
+            self._emit(POST_FINISH, record)
+        return record
 
     def open(self, uploadId: str) -> OpenUpload:
         """
@@ -299,6 +317,25 @@ class UploadStore:
             os.close(fd)
             raise
         return OpenUpload(self, record, fd)
+
+    def tryLock(self, uploadId: str) -> Optional[int]:
+        """
+        Take an upload's exclusive lock if nobody holds it (for the janitor:
+        an upload that is being written, however slowly, is never touched).
+
+        @return: the descriptor holding the lock (close it to release), or
+            C{None} if the upload is busy or has no data file.
+        """
+        try:
+            fd = os.open(self.dataPath(uploadId), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
 
     def openShared(self, uploadId: str) -> OpenUpload:
         """
@@ -330,9 +367,12 @@ class UploadStore:
         try:
             fcntl.flock(lockFd, fcntl.LOCK_EX)
             record = self.get(uploadId)
+            before = record.state
             mutate(record)
             record.updated = self.clock()
             self.save(record)
+            if before != COMPLETE and record.state == COMPLETE:
+                self._emit(POST_FINISH, record)
             return record
         finally:
             os.close(lockFd)
@@ -374,6 +414,7 @@ class UploadStore:
             except FileNotFoundError:
                 pass
         self.save(record)
+        self._emit(POST_EXPIRE if state == EXPIRED else POST_TERMINATE, record)
 
     def reconcile(self) -> Dict[str, int]:
         """

@@ -176,6 +176,7 @@ class StreamingRequest(server.Request):
         self.path = self.uri.split(b"?", 1)[0]
         self.method = self.effectiveMethod()
         self.bodyLength = length
+        self.bodyReceived = 0
         self.trailers = Headers()
         self._decoder = getattr(self.channel, "_transferDecoder", None)
         router: BodyRouter = self.channel.site.bodyRouter
@@ -193,6 +194,7 @@ class StreamingRequest(server.Request):
         return self.method.upper()
 
     def handleContentChunk(self, data: bytes) -> None:
+        self.bodyReceived += len(data)
         self.bodySink.dataReceived(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -211,6 +213,7 @@ class StreamingRequest(server.Request):
         if self._bodyOpen:
             self._bodyOpen = False
             self.bodySink.bodyFailed(reason)
+            self.channel.site.bodyInterrupted(self)
         super().connectionLost(reason)
 
 

@@ -6,10 +6,10 @@ and the services C{twistd chunkd} runs.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -17,6 +17,11 @@ from twisted.python import usage
 from chunkd.config import Config, ConfigError, checkStorageDirectory, loadConfig
 from chunkd.disk import DiskService
 from chunkd.resumable import chunkProtocols
+from chunkd.hooks import HookSender
+from chunkd.janitor import Janitor
+from chunkd.logs import LogLevelControl
+from chunkd.metrics import Metrics, MetricsEndpoint
+from chunkd.reload import Reloader
 from chunkd.store import UploadStore
 from chunkd.tus import TusProtocol
 from chunkd.web import ChunkdSite, Cors, UploadProtocol, buildApp
@@ -39,6 +44,7 @@ class Options(usage.Options):
             overrides["listen"] = self["listen"]
         if self["storage"] is not None:
             overrides["storage.directory"] = self["storage"]
+        self.overrides = overrides
         try:
             config = loadConfig(self["config"], overrides)
             checkStorageDirectory(config)
@@ -81,12 +87,90 @@ def buildProtocols(config: Config, store: UploadStore, disk: DiskService) -> Lis
     return protocols
 
 
+class Chunkd:
+    """
+    One chunkd: the store, the protocols, the Site and the metrics built
+    from a config -- what a test needs to serve on port 0, and what
+    L{makeService} wraps in services.
+    """
+
+    def __init__(self, config: Config, store: UploadStore, disk: DiskService) -> None:
+        self.config = config
+        self.store = store
+        self.disk = disk
+        self.protocols = buildProtocols(config, store, disk)
+        self.metrics: Optional[Metrics] = None
+        installed: List[Any] = list(self.protocols)
+        if config.metrics.enabled:
+            self.metrics = Metrics(config, store, disk)
+            installed.append(MetricsEndpoint(self.metrics, config.metrics.path))
+        app, router, exposed = buildApp(installed)
+        self.cors = Cors(config, exposed)
+        self.exposed = exposed
+        self.site = ChunkdSite(app, router, self.cors, config.network.idle_timeout, self.metrics)
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Take a reloaded config: protocols read it per request, CORS and
+        the idle timeout apply to new requests and connections.
+        """
+        self.config = config
+        for protocol in self.protocols:
+            protocol.config = config  # type: ignore[attr-defined]
+        self.site.cors = Cors(config, self.exposed)
+        self.site.timeOut = config.network.idle_timeout or None
+        if self.metrics is not None:
+            self.metrics.config = config
+
+
 def buildSite(config: Config, store: UploadStore, disk: DiskService) -> ChunkdSite:
     """
     The Site serving every enabled protocol (tests use it on port 0).
     """
-    app, router, exposed = buildApp(buildProtocols(config, store, disk))
-    return ChunkdSite(app, router, Cors(config, exposed), config.network.idle_timeout)
+    return Chunkd(config, store, disk).site
+
+
+class WebService(Service):
+    """
+    Listens on the configured endpoint; on stop, stops accepting, lets
+    requests in progress finish for up to C{network.shutdown_grace}
+    seconds, then cuts the rest (their bytes are still recorded).
+
+    @ivar whenListening: fires with the listening port.
+    """
+
+    name = "web"
+
+    def __init__(self, endpoint: Any, site: ChunkdSite, reactor: Any, grace: Callable[[], float]) -> None:
+        self.endpoint = endpoint
+        self.site = site
+        self.reactor = reactor
+        self.grace = grace
+        self.port: Any = None
+        self.whenListening: Deferred[Any] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.endpoint.listen(self.site)
+
+        def listening(port: Any) -> Any:
+            self.port = port
+            self.whenListening.callback(port)
+            return port
+
+        def failed(failure: Any) -> None:
+            Logger().failure("cannot listen", failure)
+            self.whenListening.errback(failure)
+            self.reactor.stop()
+
+        d.addCallbacks(listening, failed)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            yield self.port.stopListening()
+        yield self.site.shutdown(self.reactor, self.grace())
 
 
 def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
@@ -96,12 +180,47 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
         reactor = _reactor
     config: Config = options.chunkdConfig
     top = MultiService()
+    # Children stop in reverse order: the web server first (finishing the
+    # bodies in flight), the disk pool last (after their final writes).
     disk = DiskService(reactor, config.disk.threads)
     disk.setServiceParent(top)
     store = UploadStore(config.storage.directory, disk, durable=config.storage.durable)
     Reconciler(store).setServiceParent(top)
-    site = buildSite(config, store, disk)
-    web = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
-    web._raiseSynchronously = True
+    chunkd = Chunkd(config, store, disk)
+    hooks = HookSender(config, store, reactor)
+    hooks.setServiceParent(top)
+    janitor = Janitor(store, config, reactor)
+    janitor.setServiceParent(top)
+    if chunkd.metrics is not None:
+        metrics = chunkd.metrics
+        janitor.onReport = lambda report: metrics.setActive(report.active)
+    web = WebService(serverFromString(reactor, config.listen), chunkd.site, reactor,
+                     lambda: chunkd.config.network.shutdown_grace)
     web.setServiceParent(top)
+    logLevel = LogLevelControl(config.log_level)
+    reloader = Reloader(
+        options["config"], options.overrides, config,
+        [chunkd.reconfigure, janitor.reconfigure, hooks.reconfigure,
+         lambda c: logLevel.setLevel(c.log_level)],
+    )
+    StartupHooks(logLevel, reloader, reactor).setServiceParent(top)
     return top
+
+
+class StartupHooks(Service):
+    """
+    What must happen once twistd has set up logging and signals: the log
+    level filter, and the SIGHUP handler.
+    """
+
+    def __init__(self, logLevel: LogLevelControl, reloader: Reloader, reactor: Any) -> None:
+        self.logLevel = logLevel
+        self.reloader = reloader
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        # twistd and `python -m twisted` begin logging after the services
+        # start, but always before the reactor runs.
+        self.reactor.callWhenRunning(self.logLevel.install)
+        self.reactor.callWhenRunning(self.reloader.installSignalHandler, self.reactor)

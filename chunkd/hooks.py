@@ -1,0 +1,228 @@
+"""
+Webhooks: tell the application about uploads.
+
+Receivers are configured in C{hooks.endpoints}.  Every request is a JSON
+POST signed with HMAC-SHA256 of the body under the receiver's secret
+(C{Chunkd-Signature: sha256=<hex>}); HTTPS certificates are verified
+(treq's agent with service-identity), and every request has a timeout.
+
+C{pre-create} is blocking: the upload is created only if every subscribed
+receiver answers 2xx; a receiver may add metadata by answering
+C{{"metadata": {...}}}, or refuse with a 4xx status and a message, which the
+client then gets.  A receiver that cannot be reached refuses the upload
+(503): a policy hook that fails open would not be a policy.
+
+The other events are not blocking.  Each delivery is first written to a
+spool file under C{<storage>/hooks/}, then sent, retried with exponential
+backoff (capped at C{hooks.max_backoff}) until a receiver answers 2xx, and
+only then removed; spooled deliveries are sent again when chunkd starts, so
+an event survives a restart as well as an unreachable receiver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from typing import Any, Dict, List, Optional
+
+from treq.client import HTTPClient
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from chunkd.config import Config, HookEndpoint
+from chunkd.errors import ServiceUnavailable, UploadError
+from chunkd.store import COMPLETE, UploadRecord, UploadStore
+
+PRE_CREATE = "pre-create"
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def describe(store: UploadStore, record: UploadRecord) -> Dict[str, Any]:
+    """
+    What a receiver learns of an upload.
+    """
+    path = record.extra.get("path")
+    if path is None and record.state == COMPLETE and record.protocol == "tus":
+        path = store.dataPath(record.id)
+    return {
+        "id": record.id,
+        "protocol": record.protocol,
+        "size": record.length,
+        "offset": record.offset,
+        "state": record.state,
+        "metadata": record.metadata,
+        "path": path,
+        "sha256": record.extra.get("sha256"),
+        "created": record.created,
+        "updated": record.updated,
+    }
+
+
+class HookSender(Service):
+    name = "hooks"
+    log = Logger()
+
+    def __init__(self, config: Config, store: UploadStore, reactor: Any) -> None:
+        self.config = config
+        self.store = store
+        self.reactor = reactor
+        self.spool = os.path.join(store.directory, "hooks")
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._client = HTTPClient(Agent(reactor, pool=self._pool))
+        self._retries: Dict[str, Any] = {}
+
+    # -- life cycle ----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        os.makedirs(self.spool, exist_ok=True)
+        self.store.events.subscribe(self._onEvent)
+        self._installPreCreate()
+        for name in sorted(os.listdir(self.spool)):
+            if name.endswith(".json"):
+                self._send(os.path.join(self.spool, name), attempt=0)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        for call in self._retries.values():
+            if call.active():
+                call.cancel()
+        self._retries.clear()
+        return self._pool.closeCachedConnections()
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self._installPreCreate()
+
+    def _installPreCreate(self) -> None:
+        wanted = any(PRE_CREATE in e.events for e in self.config.hooks.endpoints)
+        self.store.events.preCreate = self.preCreate if wanted else None
+
+    def _endpoints(self, event: str) -> List[HookEndpoint]:
+        return [e for e in self.config.hooks.endpoints if event in e.events]
+
+    def _post(self, endpoint: HookEndpoint, event: str, body: bytes, delivery: str) -> Deferred[Any]:
+        headers = {
+            "Content-Type": "application/json",
+            "Chunkd-Event": event,
+            "Chunkd-Delivery": delivery,
+            "User-Agent": "chunkd",
+        }
+        if endpoint.secret:
+            headers["Chunkd-Signature"] = sign(endpoint.secret, body)
+        return self._client.post(endpoint.url, data=body, headers=headers,
+                                 timeout=self.config.hooks.timeout)
+
+    # -- pre-create (blocking) -----------------------------------------------
+
+    @inlineCallbacks
+    def preCreate(self, record: UploadRecord) -> Any:
+        """
+        Ask every pre-create receiver; merge metadata they add; refuse the
+        upload with their status and message if one says no.
+        """
+        for endpoint in self._endpoints(PRE_CREATE):
+            body = json.dumps({"event": PRE_CREATE, "upload": describe(self.store, record),
+                               "time": time.time()}).encode("utf-8")
+            try:
+                response = yield self._post(endpoint, PRE_CREATE, body, secrets.token_hex(8))
+                content = yield response.content()
+            except Exception as e:
+                self.log.warn("pre-create hook {url} failed: {error}", url=endpoint.url, error=str(e))
+                raise ServiceUnavailable("the upload could not be authorized; try again later") from None
+            answer = _json(content)
+            if 200 <= response.code < 300:
+                added = answer.get("metadata") if isinstance(answer, dict) else None
+                if isinstance(added, dict):
+                    record.metadata.update({str(k): None if v is None else str(v) for k, v in added.items()})
+                continue
+            message = answer.get("message") if isinstance(answer, dict) else None
+            if not isinstance(message, str):
+                message = content.decode("utf-8", "replace").strip().splitlines()[0][:200] if content.strip() else ""
+            status = response.code if 400 <= response.code < 500 else 403
+            raise UploadError(message or "the upload was refused", status=status)
+
+    # -- post-* events (spooled, retried) -------------------------------------
+
+    def _onEvent(self, event: str, record: UploadRecord) -> None:
+        for endpoint in self._endpoints(event):
+            delivery = f"{time.time():.6f}-{secrets.token_hex(6)}"
+            body = json.dumps({"event": event, "upload": describe(self.store, record),
+                               "time": time.time()}).encode("utf-8")
+            entry = {"url": endpoint.url, "event": event, "delivery": delivery,
+                     "body": body.decode("utf-8")}
+            path = os.path.join(self.spool, delivery + ".json")
+            d = self.store.disk.run(_writeSpool, path, entry)
+            d.addCallbacks(lambda _, p=path: self._send(p, 0),
+                           lambda f: self.log.failure("could not spool a hook event", f))
+
+    def _send(self, path: str, attempt: int) -> None:
+        self._retries.pop(path, None)
+        if not self.running:
+            return
+        try:
+            with open(path, "rb") as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            self.log.error("unreadable hook spool file {path}; dropped", path=path)
+            _unlink(path)
+            return
+        endpoint = next((e for e in self.config.hooks.endpoints
+                         if e.url == entry["url"] and entry["event"] in e.events), None)
+        if endpoint is None:
+            self.log.info("hook receiver {url} no longer wants {event}; dropped", **entry)
+            _unlink(path)
+            return
+        d = self._post(endpoint, entry["event"], entry["body"].encode("utf-8"), entry["delivery"])
+
+        def answered(response: Any) -> Any:
+            d2 = response.content()
+            d2.addCallback(lambda _: response.code)
+            return d2
+
+        def delivered(code: int) -> None:
+            if 200 <= code < 300:
+                _unlink(path)
+                return
+            self._retry(path, attempt, f"HTTP {code}")
+
+        d.addCallback(answered)
+        d.addCallbacks(delivered, lambda f: self._retry(path, attempt, f.getErrorMessage()))
+
+    def _retry(self, path: str, attempt: int, why: str) -> None:
+        if not self.running:
+            return
+        delay = min(2.0 ** attempt, self.config.hooks.max_backoff)
+        self.log.warn("hook delivery {name} failed ({why}); retry in {delay:.0f}s",
+                      name=os.path.basename(path), why=why, delay=delay)
+        self._retries[path] = self.reactor.callLater(delay, self._send, path, attempt + 1)
+
+
+def _writeSpool(path: str, entry: Dict[str, Any]) -> None:
+    temp = path + ".tmp"
+    with open(temp, "w", encoding="utf-8") as f:
+        json.dump(entry, f)
+    os.replace(temp, path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _json(content: bytes) -> Optional[Any]:
+    try:
+        return json.loads(content) if content.strip() else None
+    except ValueError:
+        return None

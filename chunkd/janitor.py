@@ -1,0 +1,216 @@
+"""
+The janitor: expires abandoned uploads, forgets old tombstones, optionally
+removes old completed uploads, and clears orphans.
+
+A sweep reads every record, so with many uploads it is bulk disk work: it
+runs in the disk pool, never on the reactor thread, and a C{LoopingCall}
+starts one every C{janitor.interval}.  An upload is only ever removed while
+the janitor holds its exclusive lock, so an upload that is being written --
+however long ago its last byte arrived -- is never touched.  A failing
+record, or a failing sweep, is logged and the next one runs anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from chunkd.config import Config
+from chunkd.store import ACTIVE, COMPLETE, EXPIRED, TERMINATED, UploadRecord, UploadStore, isUploadId
+
+
+@dataclass
+class SweepReport:
+    """What one sweep found and did (logged, and read by the metrics)."""
+
+    active: int = 0
+    expired: int = 0
+    busy: int = 0
+    forgotten: int = 0
+    removedCompleted: int = 0
+    orphans: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    def asDict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Janitor(Service):
+    name = "janitor"
+    log = Logger()
+
+    def __init__(self, store: UploadStore, config: Config, reactor: Any) -> None:
+        self.store = store
+        self.config = config
+        self.reactor = reactor
+        self.lastReport: Optional[SweepReport] = None
+        self.onReport: Optional[Callable[[SweepReport], None]] = None
+        self._loop: Optional[LoopingCall] = None
+        self._sweeping: Optional[Deferred[Any]] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._startLoop()
+
+    def _startLoop(self) -> None:
+        self._loop = LoopingCall(self.sweep)
+        self._loop.clock = self.reactor
+        self._loop.start(self.config.janitor.interval, now=True)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return self._sweeping if self._sweeping is not None else succeed(None)
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Take new times; restart the loop only if the interval changed.
+        """
+        old, self.config = self.config, config
+        if self.running and old.janitor.interval != config.janitor.interval:
+            if self._loop is not None and self._loop.running:
+                self._loop.stop()
+            self._startLoop()
+
+    def sweep(self) -> Deferred[Any]:
+        """
+        One sweep, in the disk pool.  Never fails: an error is logged, so the
+        C{LoopingCall} keeps running.
+        """
+        if self._sweeping is not None:
+            return succeed(None)  # the previous sweep is still going
+        d = self.store.disk.run(self._sweepNow, self.store.clock())
+
+        def done(report: SweepReport) -> None:
+            self.lastReport = report
+            if self.onReport is not None:
+                self.onReport(report)
+            if report.expired or report.forgotten or report.orphans or report.removedCompleted or report.errors:
+                self.log.info(
+                    "janitor: {expired} expired, {forgotten} tombstones forgotten, "
+                    "{removedCompleted} completed removed, {orphans} orphans, {busy} busy, "
+                    "{errors} errors, {active} active, in {seconds:.3f}s",
+                    **report.asDict(),
+                )
+
+        def failed(failure: Any) -> None:
+            self.log.failure("janitor sweep failed; the next one runs as planned", failure)
+
+        def finished(result: Any) -> None:
+            self._sweeping = None
+
+        d.addCallbacks(done, failed)
+        d.addBoth(finished)
+        self._sweeping = d
+        return d
+
+    # -- in the disk pool -----------------------------------------------------
+
+    def _sweepNow(self, now: float) -> SweepReport:
+        report = SweepReport()
+        started = time.monotonic()
+        directory = self.store.uploads
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    self._sweepEntry(entry, now, report)
+                except Exception:
+                    report.errors += 1
+                    self.log.failure("janitor could not handle {name}", name=entry.name)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _sweepEntry(self, entry: os.DirEntry, now: float, report: SweepReport) -> None:
+        name = entry.name
+        stem = name.split(".", 1)[0]
+        janitor = self.config.janitor
+        if name.endswith(".json") and isUploadId(stem):
+            self._sweepRecord(self.store.get(stem), now, report)
+            return
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            return
+        if age < janitor.orphan_after:
+            return
+        if name.endswith(".tmp"):
+            pass  # a record write that never finished
+        elif name.endswith(".data") or name.endswith(".json.lock"):
+            if not isUploadId(stem) or os.path.exists(os.path.join(self.store.uploads, stem + ".json")):
+                return
+        else:
+            return
+        os.unlink(entry.path)
+        report.orphans += 1
+
+    def _sweepRecord(self, record: UploadRecord, now: float, report: SweepReport) -> None:
+        janitor = self.config.janitor
+        if record.state == ACTIVE:
+            deadline = record.expires
+            if deadline is None and janitor.expire_after:
+                deadline = record.updated + janitor.expire_after
+            if deadline is None or now < deadline:
+                report.active += 1
+                return
+            self._underLock(record.id, report, lambda r: self._expire(record.id, now, r))
+        elif record.state in (TERMINATED, EXPIRED):
+            if now - record.updated >= janitor.tombstone_ttl:
+                self._forget(record.id)
+                report.forgotten += 1
+        elif record.state == COMPLETE and janitor.keep_completed:
+            if now - record.updated >= janitor.keep_completed:
+                self._underLock(record.id, report, lambda r: self._removeCompleted(record, r))
+
+    def _underLock(self, uploadId: str, report: SweepReport, action: Callable[[SweepReport], None]) -> None:
+        fd = self.store.tryLock(uploadId)
+        if fd is None:
+            if os.path.exists(self.store.dataPath(uploadId)):
+                report.busy += 1  # being written: leave it alone
+                return
+            action(report)  # no data file at all: nothing to protect
+            return
+        try:
+            action(report)
+        finally:
+            os.close(fd)
+
+    def _expire(self, uploadId: str, now: float, report: SweepReport) -> None:
+        # Re-read under the lock: a write may have refreshed it meanwhile.
+        record = self.store.get(uploadId)
+        deadline = record.expires if record.expires is not None else (
+            record.updated + self.config.janitor.expire_after)
+        if record.state == ACTIVE and now >= deadline:
+            self.store.terminate(uploadId, state=EXPIRED)
+            report.expired += 1
+        else:
+            report.active += 1
+
+    def _removeCompleted(self, record: UploadRecord, report: SweepReport) -> None:
+        published = record.extra.get("path")
+        if isinstance(published, str) and published.startswith(self._completeDirectory() + os.sep):
+            for path in (published, published + ".json"):
+                if os.path.exists(path):
+                    os.unlink(path)
+        self._forget(record.id)
+        report.removedCompleted += 1
+
+    def _completeDirectory(self) -> str:
+        configured = self.config.complete.directory
+        return os.path.abspath(configured or os.path.join(self.store.directory, "complete"))
+
+    def _forget(self, uploadId: str) -> None:
+        for path in (self.store.dataPath(uploadId), self.store.recordPath(uploadId),
+                     self.store.recordPath(uploadId) + ".lock"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass

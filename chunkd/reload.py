@@ -1,0 +1,110 @@
+"""
+Configuration reload on SIGHUP.
+
+The file is read and validated again; if it is invalid, the running config
+stays and one log line says why.  Settings that cannot change under a
+running server (where it listens, where it stores, which protocols are
+mounted where, the size of the disk pool) keep their running values and the
+log says they need a restart; everything else takes effect at once, for new
+requests, without dropping a connection or an upload.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import asdict, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from twisted.logger import Logger
+
+from chunkd.config import Config, ConfigError, loadConfig
+
+#: dotted keys whose change needs a restart
+RESTART_KEYS = (
+    "listen", "storage.directory", "disk.threads",
+    "tus.enabled", "tus.path", "resumable.enabled", "resumable.path", "flow.enabled", "flow.path",
+    "uploads.enabled", "uploads.path", "metrics.enabled", "metrics.path",
+)
+
+
+def flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(value, dict):
+        out: Dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _withRunning(new: Config, running: Config, keys: List[str]) -> Config:
+    """C{new}, with the running values for C{keys}."""
+    for key in keys:
+        section, _, name = key.partition(".")
+        if not name:
+            new = replace(new, **{section: getattr(running, section)})
+        else:
+            part = replace(getattr(new, section), **{name: getattr(getattr(running, section), name)})
+            new = replace(new, **{section: part})
+    return new
+
+
+class Reloader:
+    """
+    Re-reads the config file and hands the new config to every target
+    (C{target(config)} callables, in order).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: Optional[str],
+        overrides: Mapping[str, object],
+        running: Config,
+        targets: List[Callable[[Config], None]],
+        notify: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        self.path = path
+        self.overrides = dict(overrides)
+        self.running = running
+        self.targets = targets
+        self.notify = notify
+
+    def reload(self) -> bool:
+        """
+        @return: whether a new config took effect.
+        """
+        if self.notify is not None:
+            self.notify("reloading")
+        try:
+            return self._reload()
+        finally:
+            if self.notify is not None:
+                self.notify("ready")
+
+    def _reload(self) -> bool:
+        try:
+            new = loadConfig(self.path, self.overrides)
+        except ConfigError as e:
+            self.log.error("config reload refused, the running config stays: {error}", error=str(e))
+            return False
+        old = flatten(asdict(self.running))
+        changed = sorted(k for k, v in flatten(asdict(new)).items() if old.get(k) != v)
+        needRestart = [k for k in changed if k in RESTART_KEYS or k.startswith("listen")]
+        if needRestart:
+            self.log.warn("config: {keys} changed; that takes effect after a restart",
+                          keys=", ".join(needRestart))
+            new = _withRunning(new, self.running, needRestart)
+        applied = [k for k in changed if k not in needRestart]
+        for target in self.targets:
+            target(new)
+        self.running = new
+        self.log.info("config reloaded; changed: {keys}", keys=", ".join(applied) or "nothing")
+        return True
+
+    def installSignalHandler(self, reactor: Any) -> None:
+        """
+        Reload on SIGHUP, on the reactor thread (the handler itself only
+        schedules the work).
+        """
+        signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(self.reload))
