@@ -1,0 +1,219 @@
+"""
+Webhooks against a real HTTP receiver on 127.0.0.1: every event of an
+upload's life, signatures, pre-create refusing or adding metadata, retries,
+and a delivery that survives a restart through the spool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from typing import Any, Dict, List, Tuple
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.web import resource, server
+
+from chunkd.config import loadConfig
+from chunkd.hooks import HookSender
+from chunkd.janitor import Janitor
+from tests.helpers import deferLater
+from tests.test_tus import TusTestCase, h
+
+SECRET = "s3cret"
+
+
+class Receiver(resource.Resource):
+    """Records every hook request; answers with the queued replies."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: List[Tuple[str, Dict[str, Any], Dict[str, str]]] = []
+        self.replies: List[Tuple[int, bytes]] = []
+
+    def render_POST(self, request: Any) -> bytes:
+        body = request.content.read()
+        headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
+        self.received.append((headers.get("chunkd-event", ""), json.loads(body), headers))
+        self.last = body
+        code, answer = self.replies.pop(0) if self.replies else (200, b"{}")
+        request.setResponseCode(code)
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        headers["signature-valid"] = str(headers.get("chunkd-signature") == expected)
+        return answer
+
+    def events(self) -> List[str]:
+        return [event for event, _, _ in self.received]
+
+
+class HookTestCase(TusTestCase):
+    events = ["post-create", "post-finish", "post-terminate", "post-expire"]
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.receiver = Receiver()
+        site = server.Site(self.receiver)
+        self.receiverPort = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        self.addCleanup(self.receiverPort.stopListening)
+        url = f"http://127.0.0.1:{self.receiverPort.getHost().port}/hook"
+        self.overrides = {"hooks.endpoints": [{"url": url, "secret": SECRET, "events": self.events}],
+                          "hooks.max_backoff": "0.2s", "janitor.expire_after": "1h"}
+        yield super().setUp()
+        self.hooks = HookSender(self.config, self.store, reactor)
+        self.hooks.startService()
+        self.addCleanup(self.hooks.stopService)
+
+    @defer.inlineCallbacks
+    def waitFor(self, count: int) -> Any:
+        for _ in range(100):
+            if len(self.receiver.received) >= count:
+                return
+            yield deferLater(0.05)
+        self.fail(f"only {self.receiver.events()} arrived")
+
+
+class LifeCycleTests(HookTestCase):
+    @defer.inlineCallbacks
+    def test_everyEventOfAnUpload(self) -> Any:
+        uploadId = yield self.createId(6, {"Upload-Metadata": "filename YS50eHQ="})
+        yield self.patch(uploadId, 0, b"abcdef")
+        other = yield self.createId(3)
+        r = yield self.client.delete(self.url(f"/files/{other}"), headers={"Tus-Resumable": "1.0.0"})
+        yield r.content()
+        third = yield self.createId(3)
+        self.store.clock = lambda: 9e12
+        yield Janitor(self.store, self.config, reactor).sweep()
+        yield self.waitFor(6)
+        byUpload: Dict[str, List[str]] = {}
+        for event, payload, headers in self.receiver.received:
+            byUpload.setdefault(payload["upload"]["id"], []).append(event)
+            self.assertEqual(headers["signature-valid"], "True")
+            self.assertEqual(payload["event"], event)
+        self.assertEqual(byUpload[uploadId], ["post-create", "post-finish"])
+        self.assertEqual(byUpload[other], ["post-create", "post-terminate"])
+        self.assertEqual(byUpload[third], ["post-create", "post-expire"])
+        finish = [p for e, p, _ in self.receiver.received if e == "post-finish"][0]["upload"]
+        self.assertEqual((finish["size"], finish["protocol"], finish["metadata"]), (6, "tus", {"filename": "a.txt"}))
+        self.assertEqual(finish["path"], self.store.dataPath(uploadId))
+        self.assertEqual(os.listdir(self.hooks.spool), [])
+
+    @defer.inlineCallbacks
+    def test_failedDeliveriesAreRetried(self) -> Any:
+        self.receiver.replies = [(500, b"down"), (503, b"down")]
+        yield self.createId(3)
+        yield self.waitFor(3)
+        self.assertEqual(self.receiver.events(), ["post-create"] * 3)
+        for _ in range(20):
+            if not os.listdir(self.hooks.spool):
+                break
+            yield deferLater(0.05)
+        self.assertEqual(os.listdir(self.hooks.spool), [])
+
+    @defer.inlineCallbacks
+    def test_spooledDeliverySurvivesARestart(self) -> Any:
+        yield self.hooks.stopService()
+        portNumber = self.receiverPort.getHost().port
+        yield self.receiverPort.stopListening()
+        self.hooks.running = True  # spool as a running sender would, with no receiver
+        uploadId = yield self.createId(3)
+        yield deferLater(0.3)
+        self.hooks.running = False
+        self.assertEqual(len(os.listdir(self.hooks.spool)), 1)
+        self.receiverPort = yield TCP4ServerEndpoint(
+            reactor, portNumber, interface="127.0.0.1").listen(server.Site(self.receiver))
+        self.addCleanup(self.receiverPort.stopListening)
+        restarted = HookSender(self.config, self.store, reactor)
+        restarted.startService()
+        self.addCleanup(restarted.stopService)
+        yield self.waitFor(1)
+        self.assertEqual(self.receiver.received[0][1]["upload"]["id"], uploadId)
+
+
+class PreCreateTests(HookTestCase):
+    events = ["pre-create"]
+
+    @defer.inlineCallbacks
+    def test_refusal(self) -> Any:
+        self.receiver.replies = [(403, json.dumps({"message": "quota exceeded"}).encode())]
+        r = yield self.create(10)
+        text = yield r.content()
+        self.assertEqual(r.code, 403)
+        self.assertIn(b"quota exceeded", text)
+        self.assertEqual(os.listdir(self.store.uploads), [])
+        payload = self.receiver.received[0][1]
+        self.assertEqual((payload["event"], payload["upload"]["size"]), ("pre-create", 10))
+
+    @defer.inlineCallbacks
+    def test_addsMetadata(self) -> Any:
+        self.receiver.replies = [(200, json.dumps({"metadata": {"owner": "alice"}}).encode())]
+        uploadId = yield self.createId(10)
+        self.assertEqual(self.store.get(uploadId).metadata, {"owner": "alice"})
+
+    @defer.inlineCallbacks
+    def test_unreachableReceiverRefusesWith503(self) -> Any:
+        yield self.receiverPort.stopListening()
+        r = yield self.create(10)
+        self.assertEqual(r.code, 503)
+        self.assertEqual(os.listdir(self.store.uploads), [])
+
+
+def selfSignedPem(directory: str) -> str:
+    """A self-signed certificate for 127.0.0.1, key and cert in one PEM."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    import ipaddress
+
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    path = os.path.join(directory, "receiver.pem")
+    with open(path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+class CertificateTests(TusTestCase):
+    """
+    An HTTPS receiver whose certificate no authority vouches for is never
+    trusted: the pre-create hook cannot be asked, so the upload is refused.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        import tempfile
+
+        from twisted.internet.endpoints import serverFromString
+
+        self.receiver = Receiver()
+        pem = selfSignedPem(tempfile.mkdtemp())
+        endpoint = serverFromString(reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}")
+        self.receiverPort = yield endpoint.listen(server.Site(self.receiver))
+        self.addCleanup(self.receiverPort.stopListening)
+        url = f"https://127.0.0.1:{self.receiverPort.getHost().port}/hook"
+        self.overrides = {"hooks.endpoints": [{"url": url, "secret": SECRET, "events": ["pre-create"]}]}
+        yield super().setUp()
+        self.hooks = HookSender(self.config, self.store, reactor)
+        self.hooks.startService()
+        self.addCleanup(self.hooks.stopService)
+
+    @defer.inlineCallbacks
+    def test_unverifiableCertificateIsRefused(self) -> Any:
+        r = yield self.create(10)
+        self.assertEqual(r.code, 503)
+        self.assertEqual(self.receiver.received, [])

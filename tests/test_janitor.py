@@ -1,0 +1,146 @@
+"""
+The janitor against real records and files: expiry, tombstones, completed
+uploads, orphans, busy uploads, and a failing record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, List, Tuple
+
+from twisted.internet import defer, reactor
+
+from chunkd.janitor import Janitor
+from tests.helpers import deferLater, rawRequest
+from tests.test_streaming import patchHead
+from tests.test_tus import TusTestCase, h
+
+HOUR = 3600.0
+
+
+class JanitorTests(TusTestCase):
+    overrides = {"janitor.expire_after": "1h", "janitor.tombstone_ttl": "1d"}
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        self.janitor = Janitor(self.store, self.config, reactor)
+        self.events: List[Tuple[str, str]] = []
+        self.store.events.subscribe(lambda event, record: self.events.append((event, record.id)))
+
+    def later(self, seconds: float) -> None:
+        start = time.time()
+        self.store.clock = lambda: start + seconds
+
+    @defer.inlineCallbacks
+    def test_expiresIdleUploadsAndLeavesFreshOnes(self) -> Any:
+        old = yield self.createId(10)
+        yield self.patch(old, 0, b"abc")
+        self.later(2 * HOUR)
+        fresh = yield self.createId(10)  # created "now", two hours on
+        report = yield self.janitor.sweep()
+        report = self.janitor.lastReport
+        self.assertEqual((report.expired, report.active), (1, 1))
+        self.assertFalse(os.path.exists(self.store.dataPath(old)))
+        self.assertEqual(self.store.get(old).state, "expired")
+        r = yield self.head(old)
+        self.assertEqual(r.code, 410)
+        r = yield self.head(fresh)
+        self.assertEqual(r.code, 200)
+        yield deferLater(0)
+        self.assertIn(("post-expire", old), self.events)
+
+    @defer.inlineCallbacks
+    def test_expiryAgreesWithUploadExpires(self) -> Any:
+        uploadId = yield self.createId(10)
+        announced = self.store.get(uploadId).expires
+        self.store.clock = lambda: announced - 1
+        yield self.janitor.sweep()
+        self.assertEqual(self.store.get(uploadId).state, "active")
+        self.store.clock = lambda: announced + 1
+        yield self.janitor.sweep()
+        self.assertEqual(self.store.get(uploadId).state, "expired")
+
+    @defer.inlineCallbacks
+    def test_neverTouchesAnUploadBeingWritten(self) -> Any:
+        uploadId = yield self.createId(100)
+        # A PATCH whose body is still coming: it holds the upload's lock.
+        pending = rawRequest(self.port.getHost().port, patchHead(uploadId, 0, 100) + b"x" * 10, closeAfter=0.5)
+        yield deferLater(0.1)
+        self.later(10 * HOUR)
+        yield self.janitor.sweep()
+        self.assertEqual(self.janitor.lastReport.busy, 1)
+        self.assertTrue(os.path.exists(self.store.dataPath(uploadId)))
+        yield pending
+        yield deferLater(0.1)
+        self.assertEqual(self.store.get(uploadId).offset, 10)
+
+    @defer.inlineCallbacks
+    def test_tombstonesAreForgottenAfterTheirTtl(self) -> Any:
+        uploadId = yield self.createId(10)
+        r = yield self.client.delete(self.url(f"/files/{uploadId}"), headers={"Tus-Resumable": "1.0.0"})
+        yield r.content()
+        yield self.janitor.sweep()
+        self.assertEqual(self.store.get(uploadId).state, "terminated")
+        self.later(2 * 86400)
+        yield self.janitor.sweep()
+        self.assertEqual(self.janitor.lastReport.forgotten, 1)
+        r = yield self.head(uploadId)
+        self.assertEqual(r.code, 404)
+
+    @defer.inlineCallbacks
+    def test_completedKeptUnlessConfigured(self) -> Any:
+        uploadId = yield self.createId(3)
+        yield self.patch(uploadId, 0, b"abc")
+        self.later(400 * 86400)
+        yield self.janitor.sweep()
+        self.assertTrue(os.path.exists(self.store.dataPath(uploadId)))
+        from dataclasses import replace
+
+        self.janitor.reconfigure(replace(self.config, janitor=replace(self.config.janitor, keep_completed=86400.0)))
+        yield self.janitor.sweep()
+        self.assertEqual(self.janitor.lastReport.removedCompleted, 1)
+        self.assertFalse(os.path.exists(self.store.dataPath(uploadId)))
+        self.assertFalse(os.path.exists(self.store.recordPath(uploadId)))
+
+    @defer.inlineCallbacks
+    def test_orphansRemovedOnlyWhenOld(self) -> Any:
+        orphan = os.path.join(self.store.uploads, "a" * 32 + ".data")
+        temp = os.path.join(self.store.uploads, "b" * 32 + ".json.123.abcd.tmp")
+        for path in (orphan, temp):
+            with open(path, "wb") as f:
+                f.write(b"x")
+        yield self.janitor.sweep()
+        self.assertTrue(os.path.exists(orphan))  # could be a creation in progress
+        self.later(2 * HOUR)
+        yield self.janitor.sweep()
+        self.assertEqual(self.janitor.lastReport.orphans, 2)
+        self.assertFalse(os.path.exists(orphan) or os.path.exists(temp))
+
+    @defer.inlineCallbacks
+    def test_aBadRecordDoesNotStopTheSweep(self) -> Any:
+        good = yield self.createId(10)
+        bad = os.path.join(self.store.uploads, "c" * 32 + ".json")
+        with open(bad, "w") as f:
+            f.write("{not json")
+        self.later(2 * HOUR)
+        yield self.janitor.sweep()
+        self.flushLoggedErrors()
+        self.assertEqual(self.janitor.lastReport.errors, 1)
+        self.assertEqual(self.store.get(good).state, "expired")
+
+    @defer.inlineCallbacks
+    def test_serviceSweepsOnItsInterval(self) -> Any:
+        from dataclasses import replace
+
+        self.janitor.config = replace(self.config, janitor=replace(self.config.janitor, interval=0.05))
+        uploadId = yield self.createId(10)
+        self.later(2 * HOUR)
+        self.janitor.startService()
+        for _ in range(40):
+            if self.store.get(uploadId).state == "expired":
+                break
+            yield deferLater(0.05)
+        yield self.janitor.stopService()
+        self.assertEqual(self.store.get(uploadId).state, "expired")
