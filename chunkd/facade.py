@@ -401,6 +401,17 @@ def _diskErrorOf(error: BaseException, doing: str) -> UploadError:
     return UploadError(f"{doing} failed", status=500)
 
 
+FINALIZE_FIELDS = ("videoId", "status", "size", "checksum")
+
+
+def _answerOf(stored: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    Finalize's answer in its documented order: a repeat, read back from
+    the record (whose JSON has sorted keys), is byte for byte the first.
+    """
+    return {name: stored[name] for name in FINALIZE_FIELDS}
+
+
 def _jsonBody(request: Any, status: int, value: Dict[str, Any]) -> bytes:
     request.setResponseCode(status)
     setHeader(request, "Content-Type", "application/json")
@@ -781,7 +792,7 @@ class FacadeProtocol:
 
     async def _finalized(self, record: UploadRecord, filename: str) -> Dict[str, Any]:
         if "finalized" in record.extra:
-            return dict(record.extra["finalized"])
+            return _answerOf(record.extra["finalized"])
         if record.state != COMPLETE:
             raise OffsetMismatch(
                 f"the upload is not complete: {record.offset} of {record.length} bytes",
@@ -794,7 +805,7 @@ class FacadeProtocol:
             # finalize got there first (or is just finishing).
             again = self._facadeRecord(record.id)
             if "finalized" in again.extra:
-                return dict(again.extra["finalized"])
+                return _answerOf(again.extra["finalized"])
             raise UploadLocked("the upload is being finalized") from None
         try:
             return await self._publish(upload, filename)
@@ -808,7 +819,7 @@ class FacadeProtocol:
         """
         record = upload.record
         if "finalized" in record.extra:
-            return dict(record.extra["finalized"])
+            return _answerOf(record.extra["finalized"])
         size = record.length or 0
         checksum = await self._sha256(record)
         answer = {"videoId": record.id, "status": "complete", "size": size,
