@@ -173,13 +173,31 @@ class WebService(Service):
         yield self.site.shutdown(self.reactor, self.grace())
 
 
+class SequentialMultiService(MultiService):
+    """
+    A MultiService that stops its children one after the other, last added
+    first, each only once the one before has finished stopping.  Twisted's
+    MultiService stops them all at once, which would stop the disk pool
+    while the web server is still letting bodies in flight finish.
+    """
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                yield child.stopService()
+            except Exception:
+                Logger().failure("stopping {service}", service=child)
+
+
 def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
     config: Config = options.chunkdConfig
-    top = MultiService()
+    top = SequentialMultiService()
     # Children stop in reverse order: the web server first (finishing the
     # bodies in flight), the disk pool last (after their final writes).
     disk = DiskService(reactor, config.disk.threads)

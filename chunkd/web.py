@@ -169,9 +169,11 @@ class ChunkdSite(Site):
         self.channels: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
     def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
-        self.channels.add(channel)
-        return channel
+        protocol = super().buildProtocol(addr)
+        # Twisted wraps the HTTPChannel in a protocol that could switch to
+        # HTTP/2; the channel inside is what knows its requests.
+        self.channels.add(getattr(protocol, "_channel", protocol))
+        return protocol
 
     def getResourceFor(self, request: Any) -> Any:
         self.cors.decorate(request)

@@ -1,0 +1,219 @@
+"""
+chunkd run as a real process, as a sysadmin operates it: reload on SIGHUP
+(valid, restart-only and invalid changes), graceful stop on SIGTERM (with a
+client that finishes in time and one that does not), and the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, Optional
+
+import yaml
+from twisted.trial import unittest
+
+from tests.test_daemon import ROOT, freePort
+
+
+# `python -m twisted` ends by re-raising the signal that stopped it, which
+# systemd counts as a clean exit for SIGTERM.
+CLEAN_EXIT = (0, -signal.SIGTERM)
+
+
+class Daemon:
+    def __init__(self, config: Dict) -> None:
+        self.dir = tempfile.mkdtemp(prefix="chunkd-ops-")
+        self.port = freePort()
+        self.configPath = os.path.join(self.dir, "chunkd.yaml")
+        self.config = dict(config, listen=f"tcp:port={self.port}:interface=127.0.0.1")
+        self.config.setdefault("storage", {"directory": os.path.join(self.dir, "data")})
+        self.writeConfig(self.config)
+        self.logPath = os.path.join(self.dir, "log")
+        self.log = open(self.logPath, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "twisted", "--log-format=text", "chunkd", "--config", self.configPath],
+            env=dict(os.environ, PYTHONPATH=ROOT), stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or self.process.poll() is not None:
+                    raise AssertionError("chunkd did not start:\n" + self.logText())
+                time.sleep(0.05)
+
+    def writeConfig(self, config: object) -> None:
+        with open(self.configPath, "w") as f:
+            f.write(config if isinstance(config, str) else yaml.safe_dump(config))
+
+    def logText(self) -> str:
+        with open(self.logPath, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def waitForLog(self, fragment: str, timeout: float = 10) -> None:
+        deadline = time.time() + timeout
+        while fragment not in self.logText():
+            if time.time() > deadline:
+                raise AssertionError(f"{fragment!r} never logged:\n{self.logText()}")
+            time.sleep(0.05)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def request(self, raw: bytes) -> bytes:
+        with self.connect() as s:
+            s.sendall(raw)
+            return readResponse(s)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def readResponse(s: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+            while len(body) < length:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def create(daemon: Daemon, length: int, extra: bytes = b"") -> str:
+    answer = daemon.request(
+        b"POST /files/ HTTP/1.1\r\nHost: h\r\nTus-Resumable: 1.0.0\r\nUpload-Length: %d\r\n"
+        b"Content-Length: 0\r\n%s\r\n" % (length, extra))
+    assert answer.startswith(b"HTTP/1.1 201"), answer
+    location = [l for l in answer.split(b"\r\n") if l.lower().startswith(b"location:")][0]
+    return location.split(b"/")[-1].strip().decode()
+
+
+def patchHead(uploadId: str, offset: int, length: int) -> bytes:
+    return (f"PATCH /files/{uploadId} HTTP/1.1\r\nHost: h\r\nTus-Resumable: 1.0.0\r\n"
+            f"Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def recordOf(daemon: Daemon, uploadId: str) -> Dict:
+    with open(os.path.join(daemon.config["storage"]["directory"], "uploads", uploadId + ".json")) as f:
+        return json.load(f)
+
+
+class OperationsTestCase(unittest.TestCase):
+    def start(self, config: Optional[Dict] = None) -> Daemon:
+        daemon = Daemon(config or {})
+        self.addCleanup(daemon.stop)
+        return daemon
+
+
+class ReloadTests(OperationsTestCase):
+    def corsAnswer(self, daemon: Daemon) -> bytes:
+        return daemon.request(b"OPTIONS /files/ HTTP/1.1\r\nHost: h\r\nOrigin: https://app.example.com\r\n"
+                              b"Content-Length: 0\r\n\r\n")
+
+    def test_validChangeTakesEffectWithoutDroppingAnUpload(self) -> None:
+        daemon = self.start()
+        self.assertNotIn(b"Access-Control-Allow-Origin", self.corsAnswer(daemon))
+        uploadId = create(daemon, 10)
+        inFlight = daemon.connect()
+        inFlight.sendall(patchHead(uploadId, 0, 10) + b"hello")
+        time.sleep(0.2)
+        daemon.writeConfig(dict(daemon.config, cors={"allowed_origins": ["https://app.example.com"]}))
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.waitForLog("config reloaded; changed: cors.allowed_origins")
+        self.assertIn(b"Access-Control-Allow-Origin: https://app.example.com", self.corsAnswer(daemon))
+        inFlight.sendall(b"world")
+        self.assertTrue(readResponse(inFlight).startswith(b"HTTP/1.1 204"))
+        inFlight.close()
+        self.assertEqual(recordOf(daemon, uploadId)["offset"], 10)
+
+    def test_restartOnlySettingIsLoggedAndKept(self) -> None:
+        daemon = self.start()
+        other = freePort()
+        daemon.writeConfig(dict(daemon.config, listen=f"tcp:port={other}:interface=127.0.0.1",
+                                limits={"max_size": 1000}))
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.waitForLog("config: listen changed; that takes effect after a restart")
+        daemon.waitForLog("config reloaded; changed: limits.max_size")
+        answer = daemon.request(b"OPTIONS /files/ HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+        self.assertIn(b"Tus-Max-Size: 1000", answer)
+
+    def test_invalidFileIsRefusedAndTheOldConfigStays(self) -> None:
+        daemon = self.start({"cors": {"allowed_origins": ["https://app.example.com"]}})
+        daemon.writeConfig("cors:\n  allowed_origins: [1, 2\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.waitForLog("config reload refused, the running config stays")
+        self.assertIn(b"Access-Control-Allow-Origin", self.corsAnswer(daemon))
+        self.assertIsNone(daemon.process.poll())
+
+
+class StopTests(OperationsTestCase):
+    def test_bodyInFlightFinishesBeforeExit(self) -> None:
+        daemon = self.start({"network": {"shutdown_grace": "10s"}})
+        uploadId = create(daemon, 8)
+        s = daemon.connect()
+        s.sendall(patchHead(uploadId, 0, 8) + b"abcd")
+        time.sleep(0.2)
+        daemon.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # Not accepting any more...
+        self.assertRaises(OSError, socket.create_connection, ("127.0.0.1", daemon.port), 1)
+        # ...but the request in flight is still served.
+        s.sendall(b"efgh")
+        self.assertTrue(readResponse(s).startswith(b"HTTP/1.1 204"))
+        s.close()
+        self.assertIn(daemon.process.wait(timeout=10), CLEAN_EXIT)
+        self.assertEqual(recordOf(daemon, uploadId)["offset"], 8)
+
+    def test_stalledBodyIsCutAfterTheGraceAndItsBytesRecorded(self) -> None:
+        daemon = self.start({"network": {"shutdown_grace": "1s"}})
+        uploadId = create(daemon, 1 << 20)
+        s = daemon.connect()
+        s.sendall(patchHead(uploadId, 0, 1 << 20) + b"x" * 100000)
+        time.sleep(0.3)
+        started = time.time()
+        daemon.process.send_signal(signal.SIGTERM)
+        self.assertIn(daemon.process.wait(timeout=15), CLEAN_EXIT)
+        self.assertLess(time.time() - started, 5)
+        s.close()
+        self.assertEqual(recordOf(daemon, uploadId)["offset"], 100000)
+
+
+class MetricsTests(OperationsTestCase):
+    def test_countsUploadsAndBytes(self) -> None:
+        daemon = self.start()
+        uploadId = create(daemon, 5)
+        answer = daemon.request(patchHead(uploadId, 0, 5) + b"hello")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 204"))
+        metrics = daemon.request(b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n").decode()
+        for line in ('chunkd_uploads_created_total{protocol="tus"} 1.0',
+                     'chunkd_uploads_completed_total{protocol="tus"} 1.0',
+                     'chunkd_bytes_received_total{protocol="tus"} 5.0',
+                     'chunkd_requests_total{protocol="tus",status="204"} 1.0',
+                     "chunkd_write_queue_bytes 0.0"):
+            self.assertIn(line, metrics)
+        self.assertIn("chunkd_disk_free_bytes", metrics)
