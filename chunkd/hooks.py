@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 
 from treq.client import HTTPClient
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -79,6 +79,7 @@ class HookSender(Service):
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._client = HTTPClient(Agent(reactor, pool=self._pool))
         self._retries: Dict[str, Any] = {}
+        self._inflight: "set[Deferred[Any]]" = set()
 
     # -- life cycle ----------------------------------------------------------
 
@@ -92,12 +93,18 @@ class HookSender(Service):
                 self._send(os.path.join(self.spool, name), attempt=0)
 
     def stopService(self) -> Deferred[Any]:
+        """
+        Stop retrying (the spool keeps what is undelivered for the next
+        start), let deliveries under way finish (each is bounded by
+        C{hooks.timeout}), then close the connections.
+        """
         super().stopService()
         for call in self._retries.values():
             if call.active():
                 call.cancel()
         self._retries.clear()
-        return self._pool.closeCachedConnections()
+        d = DeferredList(list(self._inflight), consumeErrors=True)
+        return d.addCallback(lambda _: self._pool.closeCachedConnections())
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -197,6 +204,8 @@ class HookSender(Service):
 
         d.addCallback(answered)
         d.addCallbacks(delivered, lambda f: self._retry(path, attempt, f.getErrorMessage()))
+        self._inflight.add(d)
+        d.addBoth(lambda result: (self._inflight.discard(d), result)[1])
 
     def _retry(self, path: str, attempt: int, why: str) -> None:
         if not self.running:
