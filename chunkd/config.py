@@ -155,7 +155,6 @@ class JanitorConfig:
     orphan_after: float = _duration(
         3600.0, "remove files without a record (or records without data) this old"
     )
-    slice_seconds: float = _duration(0.01, "longest the janitor holds the reactor at once")
 
 
 @dataclass(frozen=True)
