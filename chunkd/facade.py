@@ -49,6 +49,7 @@ from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.errors import (
     BadRequest,
+    ChecksumMismatch,
     Forbidden,
     InsufficientStorage,
     OffsetMismatch,
@@ -65,7 +66,15 @@ from chunkd.multipart import MultipartSink, boundaryOf
 from chunkd.sinks import BodyOutcome, FileSink, LateSink, RecordSink
 from chunkd.store import ACTIVE, COMPLETE, OpenUpload, UploadRecord, UploadStore
 from chunkd.streaming import BodyRouter, BodySink, StreamingRequest
-from chunkd.tus import OFFSET_STREAM, TUS_VERSION, httpDate, parseCount, parseMetadata
+from chunkd.tus import (
+    CHECKSUMS,
+    OFFSET_STREAM,
+    TUS_VERSION,
+    httpDate,
+    parseChecksum,
+    parseCount,
+    parseMetadata,
+)
 from chunkd.web import header, setHeader
 
 #: the protocol name in upload records: the facade serves only its own uploads.
@@ -459,6 +468,48 @@ class _MultipartChunk:
         return self.parser.result()
 
 
+@dataclass
+class _Chunk:
+    """
+    One PATCH in flight: where it writes, what it may bring, and the
+    digests fed as its bytes land.
+
+    @ivar running: a copy of the upload's running sha256 (or C{None} when
+        it is not in step), kept only if this chunk is recorded.
+    @ivar checksum: the client's C{Upload-Checksum}, if it sent one.
+    """
+
+    upload: OpenUpload
+    offset: int
+    tooLarge: str
+    running: Any
+    checksum: Optional[Tuple[str, bytes]]
+    multipart: Optional[_MultipartChunk] = None
+
+    def __post_init__(self) -> None:
+        self.check = CHECKSUMS[self.checksum[0]]() if self.checksum else None
+
+    def digests(self) -> List[Any]:
+        return [d for d in (self.running, self.check) if d is not None]
+
+    def malformed(self, outcome: BodyOutcome) -> bool:
+        """
+        The multipart parser gave up inside the chunk (not the connection).
+        """
+        return self.multipart is not None and not outcome.complete and not self.multipart.connectionLost
+
+    def verify(self, outcome: BodyOutcome) -> None:
+        """
+        @raise ChecksumMismatch: the chunk does not match its checksum.
+        """
+        if self.checksum is None:
+            return
+        if not outcome.complete:
+            raise ChecksumMismatch("the chunk was cut off; its checksum cannot match")
+        if self.check.digest() != self.checksum[1]:
+            raise ChecksumMismatch("Upload-Checksum does not match the chunk")
+
+
 class FacadeProtocol:
     """
     The chunked-upload facade at C{config.uploads.path}, and C{/health}.
@@ -612,6 +663,7 @@ class FacadeProtocol:
         offset = parseCount("Upload-Offset", header(request, "upload-offset"))
         if offset is None:
             raise BadRequest("Upload-Offset is required")
+        checksum = parseChecksum(header(request, "upload-checksum"))
         self._checkDeclaredSize(request, boundary)
         record = self._facadeRecord(uploadId)
         if "finalized" in record.extra:
@@ -620,7 +672,7 @@ class FacadeProtocol:
             self.tokens.check(record, self._tokenOf(request))
         upload = self.store.open(uploadId)
         try:
-            return self._chunkSink(request, upload, offset, boundary)
+            return self._chunkSink(request, upload, offset, boundary, checksum)
         except BaseException:
             upload.close()
             raise
@@ -654,11 +706,13 @@ class FacadeProtocol:
             raise TooLarge(f"a chunk may be at most {chunkMax} bytes")
 
     def _chunkSink(self, request: StreamingRequest, upload: OpenUpload, offset: int,
-                   boundary: Optional[bytes]) -> BodySink:
+                   boundary: Optional[bytes], checksum: Optional[Tuple[str, bytes]]) -> BodySink:
         """
         The sink that writes one chunk at C{offset} (the caller holds the
         upload's lock), hashing it on the way when the upload's running
-        hash is in step.
+        hash is in step -- and with the client's C{Upload-Checksum}
+        algorithm too when it sent one (tus clients may: the same digest
+        list, one pass).
         """
         record = upload.record
         if offset != record.offset:
@@ -670,22 +724,16 @@ class FacadeProtocol:
         limit, tooLarge = self._limitOf(record, offset)
         if boundary is None and request.bodyLength is not None and request.bodyLength > limit:
             raise TooLarge(tooLarge)
-        digest = self.hashes.resume(record.id, offset)
+        chunk = _Chunk(upload, offset, tooLarge, self.hashes.resume(record.id, offset), checksum)
         writer = self.disk.writer(
             upload.fd, offset, self.config.disk.high_water, self.config.disk.low_water,
-            producer=request.transport, digests=[digest] if digest is not None else [],
+            producer=request.transport, digests=chunk.digests(),
         )
-        multipart: Optional[_MultipartChunk] = None
-
-        def finish(outcome: BodyOutcome) -> Deferred[UploadRecord]:
-            malformed = multipart is not None and not outcome.complete and not multipart.connectionLost
-            return self._recordChunk(upload, offset, outcome, digest, tooLarge, malformed)
-
-        fileSink = FileSink(writer, limit, finish)
+        fileSink = FileSink(writer, limit, lambda outcome: self._recordChunk(chunk, outcome))
         if boundary is None:
             return fileSink
-        multipart = _MultipartChunk(boundary, upload, fileSink)
-        return multipart
+        chunk.multipart = _MultipartChunk(boundary, upload, fileSink)
+        return chunk.multipart
 
     def _limitOf(self, record: UploadRecord, offset: int) -> Tuple[int, str]:
         """
@@ -698,25 +746,28 @@ class FacadeProtocol:
             return chunkMax, f"a chunk may be at most {chunkMax} bytes"
         return remaining, "the chunk runs past Upload-Length"
 
-    def _recordChunk(self, upload: OpenUpload, offset: int, outcome: BodyOutcome,
-                     digest: Any, tooLarge: str, malformed: bool) -> Deferred[UploadRecord]:
+    def _recordChunk(self, chunk: "_Chunk", outcome: BodyOutcome) -> Deferred[UploadRecord]:
         """
         Record what a chunk brought and release the upload.  A chunk that
-        was too large or malformed counts for nothing; one cut off by a
-        dropped connection counts for every byte that landed, as in tus.
+        was too large, malformed or failed its checksum counts for nothing;
+        one cut off by a dropped connection counts for every byte that
+        landed, as in tus (unless it carried a checksum: whole or nothing).
         """
+        upload = chunk.upload
         try:
             if outcome.error is not None:
                 raise _diskErrorOf(outcome.error, "writing the chunk")
             if outcome.overflow:
-                raise TooLarge(tooLarge)
-            if malformed:
+                raise TooLarge(chunk.tooLarge)
+            if chunk.malformed(outcome):
                 raise BadRequest("the multipart body is malformed")
+            chunk.verify(outcome)
         except UploadError as e:
             upload.close()
             return fail(e)
-        newOffset = offset + outcome.written
+        newOffset = chunk.offset + outcome.written
         uploadId = upload.record.id
+        digest = chunk.running
         expireAfter = self.config.janitor.expire_after
         clock = self.store.clock
 

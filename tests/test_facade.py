@@ -388,6 +388,33 @@ class PatchTests(FacadeTestCase):
         self.assertEqual(self.facade().recomputed, 0)
 
     @defer.inlineCallbacks
+    def test_uploadChecksumIsVerified(self) -> Any:
+        import base64
+
+        data = randomBytes(3000)
+        uploadId, token = yield self.createUpload(len(data))
+
+        def checksum(piece: bytes, algorithm: str = "sha1") -> Dict[str, str]:
+            value = base64.b64encode(hashlib.new(algorithm, piece).digest()).decode()
+            return {"Upload-Checksum": f"{algorithm} {value}"}
+
+        r = yield self.patchRaw(uploadId, 0, data[:1000], checksum(data[:1000]))
+        self.assertEqual(r.code, 204)
+        r = yield self.patchMultipart(uploadId, 1000, data[1000:2000], headers=checksum(b"other"))
+        self.assertEqual(r.code, 460)
+        r = yield self.patchRaw(uploadId, 1000, data[1000:2000], checksum(b"other", "md5"))
+        self.assertEqual(r.code, 460)
+        r = yield self.patchRaw(uploadId, 1000, data[1000:2000], {"Upload-Checksum": "crc99 AAAA"})
+        self.assertEqual(r.code, 400)
+        self.assertEqual(self.offsetOf(uploadId), 1000)
+        r = yield self.patchMultipart(uploadId, 1000, data[1000:], headers=checksum(data[1000:], "sha256"))
+        self.assertEqual(r.code, 204)
+        # The refused chunks never entered the running hash.
+        r = yield self.finalize(uploadId, "c.bin", token)
+        self.assertEqual(json.loads(r.body_)["checksum"], sha256(data))
+        self.assertEqual(self.facade().recomputed, 0)
+
+    @defer.inlineCallbacks
     def test_patchAfterFinalizeIs410(self) -> Any:
         uploadId, token = yield self.upload(b"abc")
         yield self.finalize(uploadId, "a.txt", token)
@@ -685,6 +712,41 @@ class TokenTests(FacadeTestCase):
         self.assertEqual(r.code, 403)
         r = yield self.finalize(uploadId, "r.mp4")
         self.assertEqual(r.code, 401)
+
+
+class TuspyTests(FacadeTestCase):
+    """
+    The camera app speaks tus: a stock tus client (tuspy) uploads through
+    the facade, and the application backend mints the finalize token.
+    """
+
+    secret = b"x" * 40
+    overrides = {"uploads.token_secret": "x" * 40}
+
+    @defer.inlineCallbacks
+    def test_tusClientUploadsThenFinalize(self) -> Any:
+        try:
+            from tusclient import client as tusclient
+        except ImportError:  # pragma: no cover - tuspy is a test dependency
+            raise self.skipTest("tuspy is not installed (pip install '.[test]')")
+        data = randomBytes(2 * 1024 * 1024 + 99)
+
+        def upload() -> str:
+            c = tusclient.TusClient(self.url("/uploads"))
+            uploader = c.uploader(file_stream=io.BytesIO(data), chunk_size=1024 * 1024,
+                                  upload_checksum=True, metadata={"filename": "cam.mp4"})
+            uploader.upload()
+            return str(uploader.url)
+
+        from twisted.internet import threads
+
+        url = yield threads.deferToThread(upload)
+        uploadId = url.rsplit("/", 1)[1]
+        token = mintToken(self.secret, uploadId, int(time.time()) + 300)
+        r = yield self.finalize(uploadId, "cam.mp4", headerToken=token)
+        self.assertEqual(r.code, 200, r.body_)
+        self.assertEqual(json.loads(r.body_)["checksum"], sha256(data))
+        self.assertEqual(self.facade().recomputed, 0)
 
 
 class ExpiringIssuedTokenTests(FacadeTestCase):
