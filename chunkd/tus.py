@@ -151,14 +151,30 @@ class TusProtocol:
 
     def install(self, app: Klein, router: BodyRouter) -> None:
         router.mount(self.mount, self.bodySink)
-        for path in (self.mount, self.mount + "/"):
-            app.route(path, methods=["OPTIONS"])(self.options)
-            app.route(path, methods=["POST"])(self.created)
+        # Klein names routes after their functions unless told: name them,
+        # so another protocol's handler of the same name cannot replace them.
+        for n, path in enumerate((self.mount, self.mount + "/")):
+            app.route(path, methods=["OPTIONS"], endpoint=f"tus.options.{n}")(self.options)
+            app.route(path, methods=["POST"], endpoint=f"tus.created.{n}")(self.created)
         item = self.mount + "/<upload_id>"
-        app.route(item, methods=["OPTIONS"])(self.options)
-        app.route(item, methods=["HEAD", "GET"])(self.headOrGet)
-        app.route(item, methods=["PATCH"])(self.patched)
-        app.route(item, methods=["DELETE"])(self.delete)
+        app.route(item, methods=["OPTIONS"], endpoint="tus.options.item")(self.options)
+        app.route(item, methods=["HEAD", "GET"], endpoint="tus.headOrGet")(self.headOrGet)
+        app.route(item, methods=["PATCH"], endpoint="tus.patched")(self.patched)
+        app.route(item, methods=["DELETE"], endpoint="tus.delete")(self.delete)
+
+    def _record(self, uploadId: str) -> UploadRecord:
+        """
+        A live tus upload's record.  Uploads of the other protocols share
+        the store but are not tus uploads: here they do not exist.
+        """
+        record = self.store.getLive(uploadId)
+        if record.protocol != "tus":
+            raise UploadNotFound("no such upload")
+        return record
+
+    def _open(self, uploadId: str) -> OpenUpload:
+        self._record(uploadId)
+        return self.store.open(uploadId)
 
     def _uploadIdOf(self, request: StreamingRequest) -> Optional[str]:
         rest = request.path.decode("latin-1")[len(self.mount):].strip("/")
@@ -208,7 +224,7 @@ class TusProtocol:
             raise BadRequest("Upload-Offset is required")
         checksum = parseChecksum(header(request, "upload-checksum"))
         newLength = parseCount("Upload-Length", header(request, "upload-length"))
-        upload = self.store.open(uploadId)
+        upload = self._open(uploadId)
         try:
             return self._writeSink(request, upload, offset, newLength, checksum)
         except BaseException:
@@ -425,7 +441,7 @@ class TusProtocol:
             if prefix != self.mount or not isUploadId(uploadId):
                 raise BadRequest(f"{url!r} is not an upload of this server")
             try:
-                part = self.store.getLive(uploadId)
+                part = self._record(uploadId)
             except UploadNotFound:
                 raise BadRequest(f"partial upload {url!r} does not exist") from None
             if part.extra.get("concat") != "partial":
@@ -520,7 +536,7 @@ class TusProtocol:
             self._common(request)
             return self._download(request, upload_id)
         self._checkVersion(request)
-        record = self.store.getLive(upload_id)
+        record = self._record(upload_id)
         if record.extra.get("concat") == "final" and record.state == ACTIVE:
             record = await self._assembleIfReady(upload_id)
         setHeader(request, "Cache-Control", "no-store")
@@ -550,7 +566,7 @@ class TusProtocol:
         """
         if not self.config.tus.download:
             raise UploadError("downloads are disabled", status=405)
-        record = self.store.getLive(uploadId)
+        record = self._record(uploadId)
         if record.state != COMPLETE:
             raise UploadError("the upload is not finished", status=409,
                               headers={"Upload-Offset": str(record.offset)})
@@ -563,7 +579,7 @@ class TusProtocol:
 
     def delete(self, request: Any, upload_id: str) -> bytes:
         self._checkVersion(request)
-        upload = self.store.open(upload_id)
+        upload = self._open(upload_id)
         try:
             self.store.terminate(upload_id)
         finally:

@@ -560,3 +560,20 @@ class CorsTests(TusTestCase):
         self.assertIn("PATCH", h(r, "access-control-allow-methods"))
         self.assertEqual(h(r, "access-control-allow-headers"), "tus-resumable, upload-offset, content-type")
         self.assertEqual(h(r, "access-control-max-age"), "86400")
+
+
+class OtherProtocolTests(TusTestCase):
+    @defer.inlineCallbacks
+    def test_uploadsOfOtherProtocolsAreNotTusUploads(self) -> Any:
+        record = yield self.store.create("resumable", 3, None)
+        r = yield self.head(record.id)
+        self.assertEqual(r.code, 404)
+        r = yield self.patch(record.id, 0, b"abc")
+        self.assertEqual(r.code, 404)
+        r = yield self.client.get(self.url(f"/files/{record.id}"))
+        yield r.content()
+        self.assertEqual(r.code, 404)
+        r = yield self.client.delete(self.url(f"/files/{record.id}"), headers=TUS)
+        yield r.content()
+        self.assertEqual(r.code, 404)
+        self.assertEqual(self.store.get(record.id).state, "active")
