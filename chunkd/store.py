@@ -191,18 +191,24 @@ class UploadStore:
             raise UploadGone("upload expired")
         return record
 
-    def save(self, record: UploadRecord) -> None:
+    def save(self, record: UploadRecord, durable: Optional[bool] = None) -> None:
         """
         Replace the record atomically: a reader sees the old or the new one,
         never half of either.  With durability on, the new record reaches the
         disk before it replaces the old one.
+
+        @param durable: C{False} for records whose loss in a crash costs
+            nothing (a tombstone: after a crash its upload has no data, and
+            reconciliation marks it expired anyway).
         """
+        if durable is None:
+            durable = self.durable
         path = self.recordPath(record.id)
         temp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             os.write(fd, record.toJSON())
-            if self.durable:
+            if durable:
                 os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -413,7 +419,7 @@ class UploadStore:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        self.save(record)
+        self.save(record, durable=False)
         self._emit(POST_EXPIRE if state == EXPIRED else POST_TERMINATE, record)
 
     def reconcile(self) -> Dict[str, int]:
