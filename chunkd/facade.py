@@ -70,7 +70,8 @@ from chunkd.tus import (
     CHECKSUMS,
     OFFSET_STREAM,
     TUS_VERSION,
-    httpDate,
+    answerWrite,
+    expiresHeader,
     parseChecksum,
     parseCount,
     parseMetadata,
@@ -799,15 +800,11 @@ class FacadeProtocol:
         setHeader(request, "Location", f"{self.mount}/{record.id}")
         if created.token is not None:
             setHeader(request, "Upload-Token", created.token)
-        self._expiresHeader(request, record)
+        expiresHeader(request, record)
         return b""
 
     async def patched(self, request: Any, upload_id: str) -> bytes:
-        record: UploadRecord = await request.bodySink.result()
-        request.setResponseCode(204)
-        setHeader(request, "Upload-Offset", record.offset)
-        self._expiresHeader(request, record)
-        return b""
+        return answerWrite(request, await request.bodySink.result())
 
     def head(self, request: Any, upload_id: str) -> bytes:
         self._common(request)
@@ -820,12 +817,8 @@ class FacadeProtocol:
         setHeader(request, "Upload-Length", record.length)
         if record.extra.get("tus_metadata"):
             setHeader(request, "Upload-Metadata", record.extra["tus_metadata"])
-        self._expiresHeader(request, record)
+        expiresHeader(request, record)
         return b""
-
-    def _expiresHeader(self, request: Any, record: UploadRecord) -> None:
-        if record.state == ACTIVE and record.expires is not None:
-            setHeader(request, "Upload-Expires", httpDate(record.expires))
 
     async def finalize(self, request: Any) -> bytes:
         """

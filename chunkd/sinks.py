@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 
 from chunkd.disk import OffsetWriter
 from chunkd.errors import UploadError
-from chunkd.streaming import BodySink
+from chunkd.streaming import BodySink, DiscardBody
 
 log = Logger()
 
@@ -126,23 +126,15 @@ class FileSink:
         return d
 
 
-class RecordSink:
+class RecordSink(DiscardBody):
     """
     For requests whose body carries nothing to store (a creation without
     data): the body is discarded and the result is the value given.
     """
 
     def __init__(self, value: Any) -> None:
+        super().__init__()
         self.value = value
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
-
-    def bodyEnded(self, trailers: Headers) -> None:
-        pass
-
-    def bodyFailed(self, reason: Failure) -> None:
-        pass
 
     def result(self) -> "Deferred[Any]":
         return succeed(self.value)

@@ -298,6 +298,23 @@ class UploadStore:
             self._emit(POST_FINISH, record)
         return record
 
+    def _openLocked(self, uploadId: str, lock: int, busy: str) -> OpenUpload:
+        self.getLive(uploadId)
+        try:
+            fd = os.open(self.dataPath(uploadId), os.O_WRONLY)
+        except FileNotFoundError:
+            raise UploadGone("upload data is gone") from None
+        try:
+            fcntl.flock(fd, lock | fcntl.LOCK_NB)
+            # Re-read under the lock: the holder before us may have moved it.
+            return OpenUpload(self, self.getLive(uploadId), fd)
+        except BlockingIOError:
+            os.close(fd)
+            raise UploadLocked(busy) from None
+        except BaseException:
+            os.close(fd)
+            raise
+
     def open(self, uploadId: str) -> OpenUpload:
         """
         Open an upload for writing and take its exclusive lock.
@@ -306,23 +323,7 @@ class UploadStore:
             holds it.
         @raise UploadNotFound, UploadGone: as L{getLive}.
         """
-        self.getLive(uploadId)
-        try:
-            fd = os.open(self.dataPath(uploadId), os.O_WRONLY)
-        except FileNotFoundError:
-            raise UploadGone("upload data is gone") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UploadLocked("another request is writing to this upload") from None
-        try:
-            # Re-read under the lock: the holder before us may have moved it.
-            record = self.getLive(uploadId)
-        except UploadError:
-            os.close(fd)
-            raise
-        return OpenUpload(self, record, fd)
+        return self._openLocked(uploadId, fcntl.LOCK_EX, "another request is writing to this upload")
 
     def tryLock(self, uploadId: str) -> Optional[int]:
         """
@@ -353,17 +354,7 @@ class UploadStore:
 
         @raise UploadLocked: someone holds the upload exclusively.
         """
-        self.getLive(uploadId)
-        try:
-            fd = os.open(self.dataPath(uploadId), os.O_WRONLY)
-        except FileNotFoundError:
-            raise UploadGone("upload data is gone") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UploadLocked("the upload is busy") from None
-        return OpenUpload(self, self.get(uploadId), fd)
+        return self._openLocked(uploadId, fcntl.LOCK_SH, "the upload is busy")
 
     def _updateNow(self, uploadId: str, mutate: Callable[[UploadRecord], None]) -> UploadRecord:
         # Runs in the disk pool.  The record lock is an flock on a lock file

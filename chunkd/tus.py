@@ -122,6 +122,20 @@ def parseChecksum(value: Optional[str]) -> Optional[Tuple[str, bytes]]:
     return algorithm, digest
 
 
+def expiresHeader(request: Any, record: UploadRecord) -> None:
+    """C{Upload-Expires}, for an upload that will expire."""
+    if record.state == ACTIVE and record.expires is not None:
+        setHeader(request, "Upload-Expires", httpDate(record.expires))
+
+
+def answerWrite(request: Any, record: UploadRecord) -> bytes:
+    """The answer to a PATCH whose bytes were recorded: 204 and the offset."""
+    request.setResponseCode(204)
+    setHeader(request, "Upload-Offset", record.offset)
+    expiresHeader(request, record)
+    return b""
+
+
 class TusProtocol:
     """
     tus 1.0.0 at C{config.tus.path}.
@@ -517,19 +531,11 @@ class TusProtocol:
         setHeader(request, "Location", location)
         if getattr(request, "tusWithUpload", False):
             setHeader(request, "Upload-Offset", record.offset)
-        self._expiresHeader(request, record)
+        expiresHeader(request, record)
         return b""
 
     async def patched(self, request: Any, upload_id: str) -> bytes:
-        record: UploadRecord = await request.bodySink.result()
-        request.setResponseCode(204)
-        setHeader(request, "Upload-Offset", record.offset)
-        self._expiresHeader(request, record)
-        return b""
-
-    def _expiresHeader(self, request: Any, record: UploadRecord) -> None:
-        if record.state == ACTIVE and record.expires is not None:
-            setHeader(request, "Upload-Expires", httpDate(record.expires))
+        return answerWrite(request, await request.bodySink.result())
 
     async def headOrGet(self, request: Any, upload_id: str) -> Any:
         if request.method == b"GET":
@@ -555,7 +561,7 @@ class TusProtocol:
         elif concat == "final":
             urls = " ".join(f"{self.mount}/{p}" for p in record.extra["parts"])
             setHeader(request, "Upload-Concat", f"final;{urls}")
-        self._expiresHeader(request, record)
+        expiresHeader(request, record)
         return b""
 
     def _download(self, request: Any, uploadId: str) -> Any:
