@@ -269,6 +269,11 @@ def _checkEndpoint(value: str) -> str:
     try:
         serverFromString(reactor, value)
     except Exception as e:  # serverFromString raises a zoo of types
+        if value.startswith("systemd:"):
+            raise ValueError(
+                "no such socket inherited from systemd (are LISTEN_FDS and LISTEN_FDNAMES set? "
+                "start chunkd through chunkd.socket)"
+            ) from None
         raise ValueError(f"not a Twisted server endpoint ({e})") from None
     return value
 

@@ -62,27 +62,16 @@ class Reloader:
         overrides: Mapping[str, object],
         running: Config,
         targets: List[Callable[[Config], None]],
-        notify: Optional[Callable[[str], None]] = None,
     ) -> None:
         self.path = path
         self.overrides = dict(overrides)
         self.running = running
         self.targets = targets
-        self.notify = notify
 
     def reload(self) -> bool:
         """
         @return: whether a new config took effect.
         """
-        if self.notify is not None:
-            self.notify("reloading")
-        try:
-            return self._reload()
-        finally:
-            if self.notify is not None:
-                self.notify("ready")
-
-    def _reload(self) -> bool:
         try:
             new = loadConfig(self.path, self.overrides)
         except ConfigError as e:
@@ -102,9 +91,10 @@ class Reloader:
         self.log.info("config reloaded; changed: {keys}", keys=", ".join(applied) or "nothing")
         return True
 
-    def installSignalHandler(self, reactor: Any) -> None:
+    def installSignalHandler(self, reactor: Any, run: Optional[Callable[[], Any]] = None) -> None:
         """
         Reload on SIGHUP, on the reactor thread (the handler itself only
-        schedules the work).
+        schedules the work).  C{run} wraps the reload (to tell systemd).
         """
-        signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(self.reload))
+        action = run or self.reload
+        signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(action))

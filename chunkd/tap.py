@@ -21,6 +21,7 @@ from chunkd.hooks import HookSender
 from chunkd.janitor import Janitor
 from chunkd.logs import LogLevelControl
 from chunkd.metrics import Metrics, MetricsEndpoint
+from chunkd.notify import NotifierService, SystemdNotifier
 from chunkd.reload import Reloader
 from chunkd.store import UploadStore
 from chunkd.tus import TusProtocol
@@ -221,8 +222,22 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
         [chunkd.reconfigure, janitor.reconfigure, hooks.reconfigure,
          lambda c: logLevel.setLevel(c.log_level)],
     )
-    StartupHooks(logLevel, reloader, reactor).setServiceParent(top)
+    # Added last: it starts once the rest has, and says STOPPING=1 first.
+    notifier = NotifierService(SystemdNotifier(), reactor, lambda: web.whenListening,
+                               lambda: summary(chunkd, janitor))
+    StartupHooks(logLevel, reloader, reactor, lambda: notifier.reload(reloader.reload)).setServiceParent(top)
+    notifier.setServiceParent(top)
     return top
+
+
+def summary(chunkd: Chunkd, janitor: Janitor) -> str:
+    """
+    The one line C{systemctl status} shows.
+    """
+    report = janitor.lastReport
+    active = "?" if report is None else str(report.active)
+    return (f"serving {', '.join(type(p).__name__ for p in chunkd.protocols)}; "
+            f"{active} uploads in progress; {chunkd.disk.queued} bytes queued for disk")
 
 
 class StartupHooks(Service):
@@ -231,14 +246,17 @@ class StartupHooks(Service):
     level filter, and the SIGHUP handler.
     """
 
-    def __init__(self, logLevel: LogLevelControl, reloader: Reloader, reactor: Any) -> None:
+    def __init__(
+        self, logLevel: LogLevelControl, reloader: Reloader, reactor: Any, runReload: Callable[[], Any]
+    ) -> None:
         self.logLevel = logLevel
         self.reloader = reloader
         self.reactor = reactor
+        self.runReload = runReload
 
     def startService(self) -> None:
         super().startService()
         # twistd and `python -m twisted` begin logging after the services
         # start, but always before the reactor runs.
         self.reactor.callWhenRunning(self.logLevel.install)
-        self.reactor.callWhenRunning(self.reloader.installSignalHandler, self.reactor)
+        self.reactor.callWhenRunning(self.reloader.installSignalHandler, self.reactor, self.runReload)

@@ -28,7 +28,7 @@ CLEAN_EXIT = (0, -signal.SIGTERM)
 
 
 class Daemon:
-    def __init__(self, config: Dict) -> None:
+    def __init__(self, config: Dict, env: Optional[Dict[str, str]] = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="chunkd-ops-")
         self.port = freePort()
         self.configPath = os.path.join(self.dir, "chunkd.yaml")
@@ -39,7 +39,7 @@ class Daemon:
         self.log = open(self.logPath, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "twisted", "--log-format=text", "chunkd", "--config", self.configPath],
-            env=dict(os.environ, PYTHONPATH=ROOT), stdout=self.log, stderr=subprocess.STDOUT)
+            env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})), stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 20
         while True:
             try:
@@ -124,8 +124,8 @@ def recordOf(daemon: Daemon, uploadId: str) -> Dict:
 
 
 class OperationsTestCase(unittest.TestCase):
-    def start(self, config: Optional[Dict] = None) -> Daemon:
-        daemon = Daemon(config or {})
+    def start(self, config: Optional[Dict] = None, env: Optional[Dict[str, str]] = None) -> Daemon:
+        daemon = Daemon(config or {}, env)
         self.addCleanup(daemon.stop)
         return daemon
 
@@ -217,3 +217,36 @@ class MetricsTests(OperationsTestCase):
                      "chunkd_write_queue_bytes 0.0"):
             self.assertIn(line, metrics)
         self.assertIn("chunkd_disk_free_bytes", metrics)
+
+
+class SystemdNotifyTests(OperationsTestCase):
+    """
+    The notify protocol from the real daemon, received on a real datagram
+    socket standing in for systemd's.
+    """
+
+    def test_readyReloadingStopping(self) -> None:
+        directory = tempfile.mkdtemp()
+        path = os.path.join(directory, "notify")
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(path)
+        receiver.settimeout(10)
+        self.addCleanup(receiver.close)
+        daemon = self.start({}, {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+
+        def next(prefix: str) -> str:
+            while True:
+                message = receiver.recv(4096).decode()
+                if message.startswith(prefix):
+                    return message
+
+        ready = next("READY=1")
+        self.assertIn("STATUS=serving TusProtocol", ready)
+        socket.create_connection(("127.0.0.1", daemon.port), timeout=1).close()  # listening by then
+        next("WATCHDOG=1")
+        daemon.process.send_signal(signal.SIGHUP)
+        self.assertIn("MONOTONIC_USEC=", next("RELOADING=1"))
+        next("READY=1")
+        daemon.process.send_signal(signal.SIGTERM)
+        next("STOPPING=1")
+        self.assertIn(daemon.process.wait(timeout=10), CLEAN_EXIT)
