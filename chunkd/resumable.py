@@ -579,7 +579,6 @@ class ChunkProtocol:
         return pending.wait()
 
     async def _createNow(self, chunk: ChunkRequest) -> UploadRecord:
-        record = None
         try:
             # An empty file gets its length only when it is published: the
             # store would otherwise call a 0-byte upload complete (and tell
@@ -604,12 +603,12 @@ class ChunkProtocol:
         except FileExistsError:
             # Another process created the data file first (O_EXCL); its
             # record follows as soon as the space is allocated.
-            record = await self._awaitRecord(chunk)
+            return await self._awaitRecord(chunk)
         except OSError as e:
             raise _diskError(e) from None
         self.log.info(
             "{protocol} upload {uploadId} created: {size} bytes in {chunks} chunks",
-            protocol=self.dialect.name, uploadId=record.id, size=record.length,
+            protocol=self.dialect.name, uploadId=record.id, size=chunk.totalSize,
             chunks=chunk.totalChunks,
         )
         return record
@@ -709,9 +708,9 @@ class ChunkProtocol:
                 return record
             try:
                 info = await self.disk.run(self._publishNow, record)
+                record = await self.store.update(uploadId, lambda r: _markComplete(r, info))
             except OSError as e:
                 raise _diskError(e) from None
-            record = await self.store.update(uploadId, lambda r: _markComplete(r, info))
         finally:
             upload.close()
         self.log.info(
