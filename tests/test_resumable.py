@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 from twisted.internet import defer
+from twisted.trial import unittest
 
 from chunkd.complete import CompletedFiles
 from chunkd.resumable import (
@@ -148,6 +150,11 @@ class ChunkTestCase(ServerTestCase):
     Speaks both clients' wire format to a real chunkd.
     """
 
+    def startServer(self, overrides: Dict[str, object]) -> Any:
+        # Registered before the server's own cleanups, so it runs after them.
+        self.addCleanup(shutil.rmtree, self.storage, True)
+        return super().startServer(overrides)
+
     def mountOf(self, dialect: Dialect) -> str:
         return getattr(self.config, dialect.name).path
 
@@ -229,7 +236,7 @@ def sample(size: int, chunkSize: int = 1000, name: str = "photo.jpg", **kw: Any)
 # -- geometry as the clients compute it ---------------------------------------------------
 
 
-class GeometryTests(ServerTestCase):
+class GeometryTests(unittest.SynchronousTestCase):
     def test_countsAndSizesMatchTheClients(self) -> None:
         for size in (0, 1, 999, 1000, 1001, 1999, 2000, 2001, 3999, 4000, 4001, 10**6 + 7):
             for force in (False, True):
@@ -364,6 +371,7 @@ class ConfiguredPathsTests(ChunkTestCase):
 class CompletedDirectoryTests(ChunkTestCase):
     def setUp(self) -> Any:
         self.elsewhere = tempfile.mkdtemp(prefix="chunkd-complete-")
+        self.addCleanup(shutil.rmtree, self.elsewhere, True)
         self.overrides = {"complete.directory": self.elsewhere}
         return super().setUp()
 
@@ -834,6 +842,7 @@ class HostileNamesTests(ChunkTestCase):
         # The storage directory inside a directory of its own, so the test
         # can see that nothing lands beside it.
         self.parent = tempfile.mkdtemp(prefix="chunkd-hostile-")
+        self.addCleanup(shutil.rmtree, self.parent, True)
         self.storage = os.path.join(self.parent, "storage")
         yield self.startServer({})
 
@@ -1005,6 +1014,7 @@ class FullDiskTests(ChunkTestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         self.mountpoint = tempfile.mkdtemp(prefix="chunkd-full-")
+        self.addCleanup(os.rmdir, self.mountpoint)  # runs last, once unmounted
         result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", self.mountpoint],
                                 capture_output=True)
         if result.returncode != 0:
