@@ -848,14 +848,17 @@ def _checkOutcome(outcome: BodyOutcome, chunk: ChunkRequest) -> None:
 
 def _markComplete(record: UploadRecord, info: Mapping[str, Any]) -> None:
     """
-    Record a publication.  C{extra["path"]} is the store's sign that a
-    complete upload's data lives in the completed area now (so start-up
-    reconciliation does not mistake it for lost data).
+    Record a publication.  C{extra["path"]} and C{extra["sha256"]} are where
+    every protocol keeps them: the store takes C{path} as the sign that a
+    complete upload's data lives in the completed area (so start-up
+    reconciliation does not mistake it for lost data), and webhooks report
+    both.
     """
     record.state = COMPLETE
     record.expires = None
     record.length = record.extra["totalSize"]
     record.extra["path"] = info["path"]
+    record.extra["sha256"] = info["sha256"]
     record.extra["completed"] = {
         k: info[k] for k in ("path", "name", "size", "sha256", "completedAt")
     }

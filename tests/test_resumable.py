@@ -220,6 +220,9 @@ class ChunkTestCase(ServerTestCase):
         record = self.store.get(uploadIdFor(dialect, f.identifier))
         self.assertEqual(record.state, COMPLETE)
         self.assertEqual(record.length, len(f.data))
+        # Where webhooks and start-up reconciliation look for them:
+        self.assertEqual(record.extra["path"], os.path.join(self.completedDir(), record.id))
+        self.assertEqual(record.extra["sha256"], info["sha256"])
         return info
 
     def assertNothingStored(self) -> None:
@@ -592,6 +595,38 @@ class ConcurrencyTests(ChunkTestCase):
             self.assertEqual(status, expected)
         yield self.uploadAll(FLOW, f, [1, 3])
         self.assertCompleted(FLOW, f)
+
+
+class EventTests(ChunkTestCase):
+    """
+    What an application hears through the store's events (webhooks,
+    metrics): one post-finish per upload, once its file is published.
+    """
+
+    @defer.inlineCallbacks
+    def test_onePostFinishAfterPublication(self) -> Any:
+        heard: List[Tuple[str, str, Any, Any, bool]] = []
+
+        def listen(event: str, record: Any) -> None:
+            path = record.extra.get("path")
+            heard.append((event, record.id, path, record.extra.get("sha256"),
+                          bool(path) and os.path.exists(path + ".json")))
+
+        self.store.events.subscribe(listen)
+        files = [(RESUMABLE, sample(5000, identifier="five")), (FLOW, sample(0, identifier="empty"))]
+        for dialect, f in files:
+            yield defer.gatherResults([self.send(dialect, f, n) for n in range(f.count, 0, -1)])
+            yield defer.gatherResults([self.send(dialect, f, n) for n in range(1, f.count + 1)])
+        yield deferLater(0.05)  # the store emits from the disk pool via the reactor
+        for dialect, f in files:
+            uploadId = uploadIdFor(dialect, f.identifier)
+            finished = [h for h in heard if h[0] == "post-finish" and h[1] == uploadId]
+            self.assertEqual(len(finished), 1, heard)
+            _, _, path, sha256, published = finished[0]
+            self.assertEqual((path, sha256, published),
+                             (os.path.join(self.completedDir(), uploadId),
+                              hashlib.sha256(f.data).hexdigest(), True))
+            self.assertEqual([h[0] for h in heard if h[1] == uploadId], ["post-create", "post-finish"])
 
 
 class CreationRaceTests(ChunkTestCase):
