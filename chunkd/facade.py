@@ -773,11 +773,11 @@ class FacadeProtocol:
         clock = self.store.clock
 
         def mutate(record: UploadRecord) -> None:
+            # Every byte may be here, yet the upload is finished only when
+            # it is finalized (with its name and sha256): until then it
+            # stays active, and expires if nobody ever finalizes it.
             record.offset = newOffset
-            if record.length is not None and newOffset == record.length:
-                record.state = COMPLETE
-                record.expires = None
-            elif expireAfter:
+            if expireAfter:
                 record.expires = clock() + expireAfter
 
         def recorded(record: UploadRecord) -> UploadRecord:
@@ -837,7 +837,7 @@ class FacadeProtocol:
     async def _finalized(self, record: UploadRecord, filename: str) -> Dict[str, Any]:
         if "finalized" in record.extra:
             return _answerOf(record.extra["finalized"])
-        if record.state != COMPLETE:
+        if record.length is None or record.offset != record.length:
             raise OffsetMismatch(
                 f"the upload is not complete: {record.offset} of {record.length} bytes",
                 headers={"Upload-Offset": str(record.offset)},
@@ -880,7 +880,10 @@ class FacadeProtocol:
 
         def mutate(r: UploadRecord) -> None:
             r.extra["path"] = target
+            r.extra["sha256"] = checksum
             r.extra["finalized"] = answer
+            r.state = COMPLETE  # the store announces post-finish, with path and sha256
+            r.expires = None
 
         await self.store.update(record.id, mutate)
         self.hashes.forget(record.id)

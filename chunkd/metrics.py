@@ -61,7 +61,7 @@ class Metrics:
         text = path.decode("latin-1")
         c = self.config
         mounts: Dict[str, str] = {c.tus.path: "tus", c.resumable.path: "resumable",
-                                  c.flow.path: "flow", c.uploads.path: "uploads"}
+                                  c.flow.path: "flow", c.uploads.path: "facade"}
         for mount in sorted(mounts, key=len, reverse=True):
             if text == mount or text.startswith(mount + "/"):
                 return mounts[mount]

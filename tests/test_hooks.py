@@ -217,3 +217,58 @@ class CertificateTests(TusTestCase):
         r = yield self.create(10)
         self.assertEqual(r.code, 503)
         self.assertEqual(self.receiver.received, [])
+
+
+class OtherProtocolsTests(HookTestCase):
+    """
+    The receiver hears every protocol's uploads through the same events.
+    """
+
+    def byUpload(self) -> Dict[str, List[Tuple[str, Dict[str, Any]]]]:
+        result: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {}
+        for event, payload, headers in self.receiver.received:
+            self.assertEqual(headers["signature-valid"], "True")
+            result.setdefault(payload["upload"]["id"], []).append((event, payload["upload"]))
+        return result
+
+    @defer.inlineCallbacks
+    def test_resumableUpload(self) -> Any:
+        query = ("resumableChunkNumber=1&resumableChunkSize=1048576&resumableCurrentChunkSize=5"
+                 "&resumableTotalSize=5&resumableType=text%2Fplain&resumableIdentifier=5-a-txt"
+                 "&resumableFilename=a.txt&resumableRelativePath=a.txt&resumableTotalChunks=1")
+        r = yield self.client.post(self.url(f"/resumable?{query}"), data=b"hello",
+                                   headers={"Content-Type": "application/octet-stream"})
+        answer = json.loads((yield r.content()))
+        self.assertEqual(r.code, 200)
+        yield self.waitFor(2)
+        events = self.byUpload()[answer["uploadId"]]
+        self.assertEqual([e for e, _ in events], ["post-create", "post-finish"])
+        finished = events[1][1]
+        self.assertEqual((finished["protocol"], finished["size"], finished["sha256"]),
+                         ("resumable", 5, hashlib.sha256(b"hello").hexdigest()))
+        with open(finished["path"], "rb") as f:
+            self.assertEqual(f.read(), b"hello")
+
+    @defer.inlineCallbacks
+    def test_facadeUploadFinishesAtFinalize(self) -> Any:
+        r = yield self.client.post(self.url("/uploads"), headers={"Upload-Length": "5", "Tus-Resumable": "1.0.0"})
+        yield r.content()
+        uploadId = h(r, "location").rsplit("/", 1)[1]
+        token = h(r, "upload-token")
+        r = yield self.client.patch(self.url(f"/uploads/{uploadId}"), data=b"hello", headers={
+            "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream", "Tus-Resumable": "1.0.0"})
+        yield r.content()
+        yield self.waitFor(1)
+        yield deferLater(0.1)
+        self.assertEqual([e for e, _ in self.byUpload()[uploadId]], ["post-create"])
+        r = yield self.client.post(self.url("/uploads/finalize"), data=json.dumps(
+            {"uploadId": uploadId, "filename": "clip.mp4", "uploadToken": token}).encode(),
+            headers={"Content-Type": "application/json"})
+        yield r.content()
+        self.assertEqual(r.code, 200)
+        yield self.waitFor(2)
+        events = self.byUpload()[uploadId]
+        self.assertEqual([e for e, _ in events], ["post-create", "post-finish"])
+        finished = events[1][1]
+        self.assertEqual((finished["protocol"], finished["sha256"], os.path.basename(finished["path"])),
+                         ("facade", hashlib.sha256(b"hello").hexdigest(), "clip.mp4"))
