@@ -109,6 +109,28 @@ class RSSSampler(threading.Thread):
         return self.peakKB
 
 
+def systemBusy() -> float:
+    """CPU seconds all CPUs have spent busy since boot (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return (sum(v[:8]) - idle) / CLK_TCK
+
+
+def waitQuiet(limit: float, maxWait: float) -> float:
+    """
+    Other work on this machine (other people's tests) skews a run: wait, up
+    to C{maxWait} seconds, until the machine is busy less than C{limit} CPUs
+    over half a second.  Returns how long it waited.
+    """
+    t0 = time.time()
+    while True:
+        b0 = systemBusy()
+        time.sleep(0.5)
+        if (systemBusy() - b0) / 0.5 < limit or time.time() - t0 > maxWait:
+            return time.time() - t0
+
+
 def runClient(cmd: List[str], timeout: float = 600) -> Dict[str, Any]:
     """Run a client process; return its stdout, exit code and CPU seconds."""
     t0 = time.perf_counter()
@@ -281,12 +303,17 @@ class Chunkd(Server):
         return os.path.join(self.dir, "uploads", urlPath.rstrip("/").rsplit("/", 1)[1] + ".data")
 
     def completedFile(self, filename: str) -> Optional[str]:
+        # chunkd publishes a finished upload as complete/<upload id> with a
+        # JSON sidecar naming the original file; each run starts with an
+        # empty area, so the one data file there is this run's.
         d = os.path.join(self.dir, "complete")
         if not os.path.isdir(d):
             return None
-        names = [n for n in os.listdir(d) if n.startswith(os.path.splitext(filename)[0])
-                 and not n.endswith(".json")]
-        return os.path.join(d, names[0]) if names else None
+        for n in os.listdir(d):
+            if n.endswith(".json") or n.startswith("."):
+                continue
+            return os.path.join(d, n)
+        return None
 
     def resumableAvailable(self) -> bool:
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -295,6 +322,23 @@ class Chunkd(Server):
         status = c.getresponse().status
         c.close()
         return status not in (404, 405)
+
+
+class ChunkdExperiment(Chunkd):
+    """
+    An experimental chunkd tree (--experiment DIR), with environment knobs
+    (--experiment-env K=V,...), run beside the committed one.
+    """
+
+    name = "chunkd-exp"
+    tree = ""
+    extraEnv: Dict[str, str] = {}
+
+    def env(self) -> Dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = self.tree
+        env.update(self.extraEnv)
+        return env
 
 
 class ChunkdDurable(Chunkd):
@@ -331,6 +375,7 @@ class Nginx(Server):
         for d in ("root/up", "root/static", "body_temp", "logs", "tmp"):
             os.makedirs(os.path.join(self.dir, d), exist_ok=True)
         d = self.dir
+        bodyBuffer = os.environ.get("NGINX_BODY_BUFFER", "1m")
         conf = f"""
 daemon off;
 master_process on;
@@ -344,6 +389,7 @@ http {{
     sendfile on;
     keepalive_requests 100000;
     client_max_body_size 0;
+    client_body_buffer_size {bodyBuffer};
     # the request body is spooled here, then renamed into place: same file system
     client_body_temp_path {d}/body_temp;
     proxy_temp_path {d}/tmp/proxy;
@@ -381,7 +427,7 @@ http {{
         super().stop()
 
 
-SERVER_CLASSES = {c.name: c for c in (Chunkd, ChunkdDurable, TusNode, Nginx, Express)}
+SERVER_CLASSES = {c.name: c for c in (Chunkd, ChunkdDurable, ChunkdExperiment, TusNode, Nginx, Express)}
 
 
 # -- tus helpers -----------------------------------------------------------------
@@ -743,7 +789,8 @@ class Harness:
         self.n5 = 2000 if quick else 10000
         self.runs = args.runs or (2 if quick else 5)
         self.results: Dict[str, Any] = {"workloads": {}, "skipped": {}}
-        path = os.path.join(RESULTS, "results.json")
+        self.resultsDir = os.path.abspath(args.results)
+        path = os.path.join(self.resultsDir, "results.json")
         if args.merge and os.path.exists(path):
             with open(path) as f:
                 self.results = json.load(f)
@@ -821,6 +868,8 @@ class Harness:
     def runWorkload(self, cls: type) -> None:
         wl: Workload = cls(self)
         names = [n for n in wl.servers if not self.args.servers or n in self.args.servers]
+        if self.args.experiment and wl.key in ("w1", "w2", "w3", "w4"):
+            names.append("chunkd-exp")
         if not names:
             return
         servers: List[Server] = []
@@ -848,9 +897,11 @@ class Harness:
                 order = servers[r % len(servers):] + servers[: r % len(servers)]
                 for s in order:
                     state = wl.setup(s)
+                    waited = waitQuiet(self.args.quiet_limit, self.args.quiet_wait) if self.args.quiet_wait else 0
                     settle()
                     touchMemory(self.workdir, int(self.size1 * 1.25) if wl.touch == GiB else wl.touch)
                     pids = s.pids()
+                    busy0 = systemBusy()
                     cpu0 = cpuSeconds(pids)
                     sampler = RSSSampler(pids)
                     sampler.start()
@@ -864,6 +915,9 @@ class Harness:
                         continue
                     time.sleep(0.05)
                     m["server_cpu"] = cpuSeconds(pids) - cpu0
+                    # CPU time others used meanwhile (not the server, not the client)
+                    m["other_cpu"] = max(0.0, systemBusy() - busy0 - m["server_cpu"] - m.get("client_cpu", 0))
+                    m["waited_quiet_s"] = waited
                     m["peak_rss_mb"] = sampler.stop() / 1024
                     bad = wl.verify(s, state, m)
                     m["sha256_ok"] = bad is None
@@ -873,6 +927,7 @@ class Harness:
                     runs[s.name].append(m)
                     head = wl.headline[0]
                     log(f"   run {r + 1} {s.name:15s} {m[head]:9.1f} {wl.headline[1]}  cpu {m['server_cpu']:.2f}s"
+                        f"  others {m['other_cpu']:.2f}s"
                         f"  rss {m['peak_rss_mb']:.0f} MB  sha256 {'ok' if bad is None else 'WRONG: ' + bad}")
             hwm = {s.name: sum(statusKB(p, "VmHWM:") for p in s.pids()) / 1024 for s in servers}
             self.results["skipped"].pop(wl.key, None)
@@ -887,11 +942,17 @@ class Harness:
                 s.stop()
 
     def save(self) -> None:
-        os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, "results.json"), "w") as f:
+        os.makedirs(self.resultsDir, exist_ok=True)
+        with open(os.path.join(self.resultsDir, "results.json"), "w") as f:
             json.dump(self.results, f, indent=1)
 
     def main(self) -> None:
+        if self.args.experiment:
+            ChunkdExperiment.tree = os.path.abspath(self.args.experiment)
+            ChunkdExperiment.extraEnv = dict(
+                kv.split("=", 1) for kv in self.args.experiment_env.split(",") if kv)
+            self.results["experiment"] = {"tree": ChunkdExperiment.tree, "env": ChunkdExperiment.extraEnv,
+                                          "note": self.args.experiment_note}
         self.results["date"] = datetime.date.today().isoformat()
         self.chunkdSource()
         if self.args.merge and self.results.get("machine"):
@@ -900,7 +961,9 @@ class Harness:
                 commits.setdefault(key, self.results["machine"]["chunkd_commit"])
         self.results["machine"] = self.machine()
         self.results["config"] = {"runs": self.runs, "quick": self.args.quick, "size1": self.size1,
-                                  "n3": self.n3, "size3": self.size3, "size4": self.size4, "n5": self.n5}
+                                  "n3": self.n3, "size3": self.size3, "size4": self.size4, "n5": self.n5,
+                                  "quiet_wait": self.args.quiet_wait, "quiet_limit": self.args.quiet_limit,
+                                  "nginx_body_buffer": os.environ.get("NGINX_BODY_BUFFER", "1m")}
         self.makeSources()
         t0 = time.time()
         for cls in WORKLOADS:
@@ -911,8 +974,8 @@ class Harness:
         self.save()
         import report
 
-        report.write(self.results, RESULTS)
-        log(f"done in {time.time() - t0:.0f}s: {RESULTS}/results.md")
+        report.write(self.results, self.resultsDir)
+        log(f"done in {time.time() - t0:.0f}s: {self.resultsDir}/results.md")
 
 
 def main() -> None:
@@ -922,8 +985,17 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated workloads, e.g. w1,w3")
     p.add_argument("--servers", default="", help="comma-separated servers to include")
     p.add_argument("--port", type=int, default=18400)
+    p.add_argument("--quiet-wait", type=float, default=30,
+                   help="before a run, wait up to this many seconds for other work to calm down (0: never)")
+    p.add_argument("--quiet-limit", type=float, default=0.3, help="'calm' = fewer busy CPUs than this")
+    p.add_argument("--results", default=RESULTS, help="where results.{json,md,png} go (default bench/results)")
     p.add_argument("--workdir", default="/tmp/chunkd-bench")
     p.add_argument("--keep-workdir", action="store_true")
+    p.add_argument("--experiment", default="",
+                   help="also run an experimental chunkd tree (DIR with chunkd/ and twisted/plugins/) as "
+                        "'chunkd-exp' in workloads 1-4")
+    p.add_argument("--experiment-env", default="", help="K=V,... environment for chunkd-exp")
+    p.add_argument("--experiment-note", default="", help="what chunkd-exp changes (for the report)")
     p.add_argument("--merge", action="store_true",
                    help="keep the other workloads of an earlier results.json (e.g. --only w4 --merge)")
     p.add_argument("--chunkd", default="HEAD",
