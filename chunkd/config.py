@@ -140,6 +140,8 @@ class DiskConfig:
     threads: int = _plain(4, "threads doing disk writes")
     high_water: int = _size(4 * 1024 * 1024, "pause a socket with this much unwritten")
     low_water: int = _size(1024 * 1024, "resume it once the queue drains to this")
+    min_batch: int = _size(512 * 1024, "gather this much of a body before each write")
+    read_size: int = _size(256 * 1024, "socket read size while receiving a large body")
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,10 @@ def _checkSemantics(config: Config) -> Config:
         raise ConfigError("disk.threads", "at least one thread is needed")
     if config.disk.low_water >= config.disk.high_water:
         raise ConfigError("disk.low_water", "must be below disk.high_water")
+    if config.disk.min_batch > config.disk.high_water:
+        raise ConfigError("disk.min_batch", "must not exceed disk.high_water")
+    if not 4096 <= config.disk.read_size <= 16 * 1024 * 1024:
+        raise ConfigError("disk.read_size", "must be between 4KiB and 16MiB")
     for origin in config.cors.allowed_origins:
         if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
             raise ConfigError(

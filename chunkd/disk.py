@@ -116,7 +116,11 @@ class DiskService(Service):
         """
         A writer for one stream of bytes starting at C{offset} of C{fd}.
         """
-        return OffsetWriter(self, fd, offset, highWater, lowWater, producer, digests)
+        return OffsetWriter(self, fd, offset, highWater, lowWater, producer, digests, self.minBatch)
+
+    #: bytes a writer gathers before it hands a batch to a thread (see
+    #: L{OffsetWriter}); set from C{disk.min_batch}.
+    minBatch = 512 * 1024
 
 
 class OffsetWriter:
@@ -142,8 +146,11 @@ class OffsetWriter:
         lowWater: int,
         producer: Optional[IPushProducer],
         digests: Sequence[Any],
+        minBatch: int = 0,
     ) -> None:
         self._disk = disk
+        self._minBatch = minBatch
+        self._pendingSize = 0
         self._fd = fd
         self._next = offset  # where the next queued byte goes
         self._highWater = highWater
@@ -167,6 +174,7 @@ class OffsetWriter:
         if self.error is not None or not len(data):
             return
         self._pending.append(data)
+        self._pendingSize += len(data)
         self.queued += len(data)
         self.peakQueued = max(self.peakQueued, self.queued)
         self._disk.queued += len(data)
@@ -185,6 +193,7 @@ class OffsetWriter:
             return self._settled()
         d: Deferred[int] = Deferred()
         self._waiters.append(d)
+        self._kick()
         return d
 
     def _settled(self) -> Deferred[int]:
@@ -197,8 +206,16 @@ class OffsetWriter:
     def _kick(self) -> None:
         if self._inFlight or not self._pending:
             return
+        if (self._pendingSize < self._minBatch and self._producer is not None
+                and not self._paused and not self._waiters):
+            # A page-cache write of one 64 KiB read ends before the next
+            # read arrives, so without gathering every read would cost a
+            # thread hand-off (and GIL traffic): wait for a worthwhile batch,
+            # unless the stream is paused, ending, or being flushed.
+            return
         batch, self._pending = self._pending[:_IOV_MAX], self._pending[_IOV_MAX:]
         size = sum(len(b) for b in batch)
+        self._pendingSize -= size
         offset = self._next
         self._next += size
         self._inFlight = True
@@ -235,6 +252,7 @@ class OffsetWriter:
         self.error = failure.value
         # Nothing more will be written: forget the queue.
         self._pending = []
+        self._pendingSize = 0
         self._disk.queued -= self.queued
         self.queued = 0
         self._afterBatch()
@@ -257,3 +275,4 @@ class OffsetWriter:
         """
         self._producer = None
         self._paused = False
+        self._kick()
