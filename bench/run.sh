@@ -14,6 +14,6 @@ if [ -z "$BENCH_NO_INSTALL" ]; then
     fi
     (cd "$here" && npm install --no-audit --no-fund --loglevel=error)
     python3 -m pip install -q --disable-pip-version-check matplotlib py-spy \
-        "twisted[tls]>=25.5" "klein>=24.8" "treq>=24.9" "pyyaml>=6.0" "multipart>=1.2" service-identity
+        "twisted[tls]>=25.5" "klein>=24.8" "treq>=24.9" "pyyaml>=6.0" "multipart>=1.2" service-identity "prometheus-client>=0.20"
 fi
 exec python3 "$here/harness.py" "$@"
