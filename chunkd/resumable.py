@@ -320,6 +320,48 @@ class ChunkMap:
         return self.stored() == self.count
 
 
+class PrefixHash:
+    """
+    The sha256 of an upload's leading stored chunks, advanced in the disk
+    pool while later chunks still arrive, so completion hashes only what is
+    left (usually nothing) instead of reading the whole file again before
+    the last chunk's answer.  It lives in memory only: after a restart, or
+    in another process, completion hashes from wherever it stands.
+
+    @ivar offset: bytes from the start of the file already in C{digest}.
+    @ivar running: the hashing job in flight, if any.
+    """
+
+    #: prefixes kept at most; the oldest (an abandoned upload) goes first
+    limit = 10000
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.offset = 0
+        self.running: Optional[Deferred[Any]] = None
+        self.again = False
+
+    @staticmethod
+    def end(record: UploadRecord, start: int) -> int:
+        """
+        Where the run of stored chunks that includes byte C{start} ends.
+        """
+        chunks = ChunkMap.of(record)
+        size = record.extra["chunkSize"]
+        number = start // size + 1
+        while number <= chunks.count and chunks.has(number):
+            number += 1
+        if number > chunks.count:
+            return record.extra["totalSize"]
+        return (number - 1) * size
+
+    def hashRange(self, path: str, end: int) -> None:
+        # Runs in the disk pool; one job per prefix at a time.
+        with open(path, "rb", buffering=0) as f:
+            f.seek(self.offset)
+            _hashInto(f, self.digest, end - self.offset)
+
+
 # -- shared results ---------------------------------------------------------------
 
 
@@ -410,6 +452,7 @@ class ChunkProtocol:
         self._completed: Optional[CompletedFiles] = None
         self._creating: Dict[str, SharedResult] = {}
         self._finishing: Dict[str, SharedResult] = {}
+        self._prefixes: Dict[str, PrefixHash] = {}
 
     # -- wiring --------------------------------------------------------------
 
@@ -546,6 +589,7 @@ class ChunkProtocol:
         if ChunkMap.of(record).full and not self._published(record):
             await self._finish(record.id)
             return ChunkAnswer(record.id, chunk.number, True)
+        self._advancePrefix(record)
         return ChunkAnswer(record.id, chunk.number, self._published(record))
 
     # -- finding and creating uploads -------------------------------------------------
@@ -694,6 +738,44 @@ class ChunkProtocol:
             work.addBoth(self._forget, self._finishing, uploadId)
         return running.wait()
 
+    def _advancePrefix(self, record: UploadRecord) -> None:
+        """
+        Hash newly contiguous chunks at the front of the file, in the disk
+        pool, one job per upload at a time.
+        """
+        prefix = self._prefixes.get(record.id)
+        if prefix is None:
+            if len(self._prefixes) >= PrefixHash.limit:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            prefix = self._prefixes[record.id] = PrefixHash()
+        if prefix.running is not None:
+            prefix.again = True
+            return
+        end = PrefixHash.end(record, prefix.offset)
+        if end <= prefix.offset:
+            return
+        uploadId = record.id
+
+        def done(result: Any) -> None:
+            prefix.running = None
+            if isinstance(result, Failure):
+                # Half-hashed: useless.  Completion hashes the whole file.
+                prefix.digest, prefix.offset = hashlib.sha256(), 0
+                self._prefixes.pop(uploadId, None)
+                return
+            prefix.offset = end
+            if self._prefixes.get(uploadId) is not prefix:
+                return  # completion took it over
+            if prefix.again:
+                prefix.again = False
+                try:
+                    self._advancePrefix(self.store.get(uploadId))
+                except UploadError:
+                    del self._prefixes[uploadId]
+
+        prefix.running = self.disk.run(prefix.hashRange, self.store.dataPath(uploadId), end)
+        prefix.running.addBoth(done)
+
     async def _finishNow(self, uploadId: str) -> UploadRecord:
         try:
             upload = await self._lockExclusive(uploadId)
@@ -706,8 +788,11 @@ class ChunkProtocol:
             record = self.store.get(uploadId)
             if record.extra.get("completed") or not ChunkMap.of(record).full:
                 return record
+            prefix = self._prefixes.pop(uploadId, None)
+            if prefix is not None and prefix.running is not None:
+                await prefix.running
             try:
-                info = await self.disk.run(self._publishNow, record)
+                info = await self.disk.run(self._publishNow, record, prefix)
                 record = await self.store.update(uploadId, lambda r: _markComplete(r, info))
             except OSError as e:
                 raise _diskError(e) from None
@@ -744,10 +829,11 @@ class ChunkProtocol:
             await deferLater(self.disk.reactor, self.lockPoll, lambda: None)
             waited += self.lockPoll
 
-    def _publishNow(self, record: UploadRecord) -> Dict[str, Any]:
+    def _publishNow(self, record: UploadRecord, prefix: Optional[PrefixHash] = None) -> Dict[str, Any]:
         """
-        Hash the finished file and move it into the completed area with its
-        sidecar.  Runs in the disk pool (the hash reads the whole file).
+        Hash the finished file -- what C{prefix} has not hashed yet -- and
+        move it into the completed area with its sidecar.  Runs in the disk
+        pool.
         """
         recovered = self._sidecarOf(record)
         if recovered is not None:
@@ -758,7 +844,7 @@ class ChunkProtocol:
         target = os.path.join(self.completedDirectory, record.id)
         if os.path.exists(target) and os.path.samefile(source, target):
             os.unlink(target)  # our own link from a publication cut short
-        size, sha256 = _hashFile(source)
+        size, sha256 = _hashFile(source, prefix)
         extra = record.extra
         info = {
             "uploadId": record.id,
@@ -883,23 +969,35 @@ def _metadataOf(chunk: ChunkRequest) -> Dict[str, Optional[str]]:
     }
 
 
-def _hashFile(path: str) -> Tuple[int, str]:
+def _hashFile(path: str, prefix: Optional[PrefixHash] = None) -> Tuple[int, str]:
     """
-    Size and sha256 of a file, read in 1 MiB blocks into one reused buffer
-    (hashlib drops the GIL for blocks this size, so the reactor runs on).
+    Size and sha256 of a file, continuing C{prefix} when given.
     """
-    digest = hashlib.sha256()
-    size = 0
+    digest = prefix.digest if prefix is not None else hashlib.sha256()
+    start = prefix.offset if prefix is not None else 0
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        size = start + _hashInto(f, digest, None)
+    return size, digest.hexdigest()
+
+
+def _hashInto(f: Any, digest: Any, limit: Optional[int]) -> int:
+    """
+    Feed C{digest} from C{f} in 1 MiB blocks read into one reused buffer
+    (hashlib drops the GIL for blocks this size, so the reactor runs on);
+    at most C{limit} bytes, or to the end.  Returns the bytes read.
+    """
     buffer = bytearray(1 << 20)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buffer)
-            if not n:
-                break
-            digest.update(view[:n])
-            size += n
-    return size, digest.hexdigest()
+    done = 0
+    while limit is None or done < limit:
+        want = len(buffer) if limit is None else min(len(buffer), limit - done)
+        n = f.readinto(view[:want])
+        if not n:
+            break
+        digest.update(view[:n])
+        done += n
+    return done
 
 
 def chunkProtocols(config: Config, store: UploadStore, disk: DiskService) -> List[ChunkProtocol]:
