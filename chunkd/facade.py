@@ -64,7 +64,7 @@ from chunkd.errors import (
 )
 from chunkd.multipart import MultipartSink, boundaryOf
 from chunkd.sinks import BodyOutcome, FileSink, LateSink, RecordSink
-from chunkd.store import ACTIVE, COMPLETE, OpenUpload, UploadRecord, UploadStore
+from chunkd.store import COMPLETE, OpenUpload, UploadRecord, UploadStore
 from chunkd.streaming import BodyRouter, BodySink, StreamingRequest
 from chunkd.tus import (
     CHECKSUMS,

@@ -31,7 +31,7 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger

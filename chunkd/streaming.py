@@ -18,7 +18,7 @@ held whole in memory.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, List, Optional, Protocol, Tuple
+from typing import Any, List, Optional, Protocol, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger

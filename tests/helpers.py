@@ -115,5 +115,22 @@ def parseResponse(raw: bytes) -> "tuple[int, Dict[str, str], bytes]":
     return status, headers, body
 
 
+def mountSmallTmpfs(case: unittest.TestCase, size: str = "4m") -> str:
+    """
+    A real, small file system to fill up: a tmpfs of C{size}, unmounted and
+    removed after the test.  Skips the test where mounting is not allowed.
+    """
+    import subprocess
+
+    mountpoint = tempfile.mkdtemp(prefix="chunkd-full-")
+    case.addCleanup(os.rmdir, mountpoint)  # runs last, once unmounted
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mountpoint],
+                            capture_output=True)
+    if result.returncode != 0:
+        raise unittest.SkipTest(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    case.addCleanup(subprocess.run, ["umount", "-l", mountpoint])
+    return mountpoint
+
+
 def randomBytes(n: int) -> bytes:
     return os.urandom(n)

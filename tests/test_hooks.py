@@ -16,7 +16,6 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web import resource, server
 
-from chunkd.config import loadConfig
 from chunkd.hooks import HookSender
 from chunkd.janitor import Janitor
 from tests.helpers import deferLater

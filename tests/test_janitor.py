@@ -14,7 +14,7 @@ from twisted.internet import defer, reactor
 from chunkd.janitor import Janitor
 from tests.helpers import deferLater, rawRequest
 from tests.test_streaming import patchHead
-from tests.test_tus import TusTestCase, h
+from tests.test_tus import TusTestCase
 
 HOUR = 3600.0
 

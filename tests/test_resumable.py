@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -38,7 +37,7 @@ from chunkd.resumable import (
     uploadIdFor,
 )
 from chunkd.store import COMPLETE
-from tests.helpers import ServerTestCase, deferLater, parseResponse, randomBytes, rawRequest
+from tests.helpers import ServerTestCase, deferLater, mountSmallTmpfs, parseResponse, randomBytes, rawRequest
 
 BOUNDARY = "----WebKitFormBoundaryq0bIRZ3BhUv5k8Tn"
 
@@ -1048,14 +1047,7 @@ class FullDiskTests(ChunkTestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.mountpoint = tempfile.mkdtemp(prefix="chunkd-full-")
-        self.addCleanup(os.rmdir, self.mountpoint)  # runs last, once unmounted
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", self.mountpoint],
-                                capture_output=True)
-        if result.returncode != 0:
-            raise self.skipTest(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-        self.addCleanup(subprocess.run, ["umount", "-l", self.mountpoint])
-        self.storage = self.mountpoint
+        self.storage = mountSmallTmpfs(self)
         yield self.startServer({})
 
     @defer.inlineCallbacks

@@ -7,14 +7,12 @@ restart.  Real sockets, real files.
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 import time
 from typing import Any
 
 from twisted.internet import defer
 
-from tests.helpers import deferLater, parseResponse, randomBytes, rawRequest
+from tests.helpers import deferLater, mountSmallTmpfs, parseResponse, randomBytes, rawRequest
 from tests.test_tus import TusTestCase, h
 
 
@@ -125,13 +123,7 @@ class FullDiskTests(TusTestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.mountpoint = tempfile.mkdtemp(prefix="chunkd-full-")
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", self.mountpoint],
-                                capture_output=True)
-        if result.returncode != 0:
-            raise self.skipTest(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-        self.addCleanup(subprocess.run, ["umount", "-l", self.mountpoint])
-        self.storage = self.mountpoint
+        self.storage = mountSmallTmpfs(self)
         yield self.startServer({})
 
     @defer.inlineCallbacks

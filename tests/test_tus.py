@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 
 from twisted.internet import defer
 
-from tests.helpers import ServerTestCase, deferLater, parseResponse, randomBytes, rawRequest
+from tests.helpers import ServerTestCase, parseResponse, randomBytes, rawRequest
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
