@@ -205,7 +205,12 @@ class HookSender(Service):
         d.addCallback(answered)
         d.addCallbacks(delivered, lambda f: self._retry(path, attempt, f.getErrorMessage()))
         self._inflight.add(d)
-        d.addBoth(lambda result: (self._inflight.discard(d), result)[1])
+
+        def settled(result: Any) -> Any:
+            self._inflight.discard(d)
+            return result
+
+        d.addBoth(settled)
 
     def _retry(self, path: str, attempt: int, why: str) -> None:
         if not self.running:

@@ -279,6 +279,15 @@ def tuneMalloc() -> None:
         pass
 
 
+def freezeStartupObjects() -> None:
+    """
+    Everything built at start-up lives as long as the daemon: move it out of
+    the garbage collector's generations, so collections stay short.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class StartupHooks(Service):
     """
     What must happen once twistd has set up logging and signals: the log
@@ -298,9 +307,7 @@ class StartupHooks(Service):
         # twistd and `python -m twisted` begin logging after the services
         # start, but always before the reactor runs.
         self.reactor.callWhenRunning(self.logLevel.install)
-        # Everything built at start-up lives as long as the daemon: keep it
-        # out of the garbage collector's way.
-        self.reactor.callWhenRunning(lambda: (gc.collect(), gc.freeze()))
+        self.reactor.callWhenRunning(freezeStartupObjects)
         # SIGHUP right away: a HUP before the reactor runs would otherwise
         # kill the daemon (the reactor installs no handler of its own for it).
         self.reloader.installSignalHandler(self.reactor, self.runReload)

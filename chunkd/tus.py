@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from klein import Klein
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.static import File
 
 from chunkd.config import Config
@@ -364,7 +365,7 @@ class TusProtocol:
             return self._commitOffset(upload, offset + outcome.written, length)
 
         d = self.disk.run(hashWritten)
-        d.addErrback(lambda f: (upload.close(), f)[1])
+        d.addErrback(_releasing, upload)
         return d.addCallback(compare)
 
     def _commitOffset(
@@ -507,7 +508,7 @@ class TusProtocol:
                         remaining -= n
 
         d = self.disk.run(copyParts)
-        d.addErrback(lambda f: (upload.close(), f)[1])
+        d.addErrback(_releasing, upload)
         return d.addCallback(lambda _: self._commitOffset(upload, record.length or 0, record.length))
 
     # -- routes ----------------------------------------------------------------
@@ -601,6 +602,12 @@ class TusProtocol:
             upload.close()
         request.setResponseCode(204)
         return b""
+
+
+def _releasing(failure: Failure, upload: OpenUpload) -> Failure:
+    """An errback: let go of the upload, pass the failure on."""
+    upload.close()
+    return failure
 
 
 def _writeError(error: BaseException) -> UploadError:
