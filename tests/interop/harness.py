@@ -85,36 +85,6 @@ def requireChromium() -> str:
     return CHROMIUM
 
 
-def landed(path: str) -> bool:
-    """
-    Whether C{path} (relative to the repository) has landed: committed, in
-    a git checkout (so a module another session is still writing in a
-    shared work tree does not count yet); present, elsewhere.  Set
-    C{CHUNKD_INTEROP_UNLANDED=1} to test a module before it is committed.
-    """
-    full = os.path.join(REPO, path)
-    if not os.path.exists(full):
-        return False
-    if os.environ.get("CHUNKD_INTEROP_UNLANDED") or not os.path.exists(os.path.join(REPO, ".git")):
-        return True
-    try:
-        subprocess.run(["git", "ls-files", "--error-unmatch", path], cwd=REPO, check=True, timeout=30,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return True
-
-
-def requireModule(path: str, what: str) -> None:
-    """
-    Skip (always, CI or not) while a part of chunkd that a test needs has
-    not landed yet.
-    """
-    if not landed(path):
-        raise unittest.SkipTest(f"{what}: {path} has not landed yet (set CHUNKD_INTEROP_UNLANDED=1 to test "
-                                "an uncommitted one)")
-
-
 def packageVersion(package: str) -> str:
     with open(os.path.join(NODE_MODULES, package, "package.json"), encoding="utf-8") as f:
         return str(json.load(f)["version"])

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import defer
 
-from tests.interop.harness import BrowserTestCase, requireModule, sha256File
+from tests.interop.harness import BrowserTestCase, sha256File
 
 KiB = 1024
 C = 100 * KiB  # the chunk size the scenarios use
@@ -47,10 +47,6 @@ class ChunkedClientMixin:
     prefix = ""
     libraries = {"resumable.js": "resumablejs/resumable.js", "flow.js": "@flowjs/flow.js/dist/flow.js"}
     packages = ("resumablejs", "@flowjs/flow.js")
-
-    def setUp(self) -> Any:
-        requireModule("chunkd/resumable.py", "the Resumable.js and flow.js endpoints")
-        return super().setUp()  # type: ignore[misc]
 
     # -- running -------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 from twisted.internet import defer, threads
 
-from tests.interop.harness import InteropTestCase, requireModule, sha256, sha256File
+from tests.interop.harness import InteropTestCase, sha256, sha256File
 
 MiB = 1024 * 1024
 CHUNK = MiB  # the seed's chunk size
@@ -135,10 +135,6 @@ class PulseCam:
 
 
 class FacadeTests(InteropTestCase):
-    def setUp(self) -> Any:
-        requireModule("chunkd/facade.py", "the chunked-upload facade")
-        return super().setUp()
-
     def camera(self, **kw: Any) -> PulseCam:
         return PulseCam(self.chunkd.base, **kw)
 
