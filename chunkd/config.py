@@ -54,6 +54,9 @@ class StorageConfig:
     durable: bool = _plain(
         True, "fdatasync data before an offset is recorded (turn off only for tests)"
     )
+    checkpoint_every: int = _size(
+        64 * 1024 * 1024, "record a long tus PATCH's offset every this many bytes; 0 = at its end"
+    )
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,8 @@ class OffsetWriter:
         self.queued = 0
         self.peakQueued = 0
         self.error: Optional[BaseException] = None
+        #: called with L{written} after every batch that reached the file
+        self.progress: Optional[Callable[[int], None]] = None
 
     def write(self, data: Any) -> None:
         """
@@ -245,6 +247,8 @@ class OffsetWriter:
         self.written += size
         self.queued -= size
         self._disk.queued -= size
+        if self.progress is not None:
+            self.progress(self.written)
         self._afterBatch()
 
     def _batchFailed(self, failure: Failure) -> None:

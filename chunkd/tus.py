@@ -18,7 +18,7 @@ import hashlib
 import os
 import re
 from email.utils import formatdate
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from klein import Klein
@@ -294,8 +294,23 @@ class TusProtocol:
             digests=[digest] if digest else [],
         )
 
+        every = self.config.storage.checkpoint_every
+        checkpoints: Optional[OffsetCheckpoints] = None
+        if every and bodyLength is not None and checksum is None:
+            # Only a body that can neither fail a checksum nor overflow may
+            # have its offset recorded before it ends.
+            checkpoints = OffsetCheckpoints(
+                lambda written: self.store.commit(upload, self._offsetMutation(offset + written, length)),
+                every,
+            )
+            writer.progress = checkpoints.written
+
         def finish(outcome: BodyOutcome) -> Deferred[UploadRecord]:
-            return self._recordWrite(upload, offset, length, outcome, checksum, digest)
+            # The last checkpoint, if one is under way, settles first: offsets
+            # are recorded in order, and the upload stays open until then.
+            settled = checkpoints.settled() if checkpoints is not None else succeed(None)
+            return settled.addCallback(
+                lambda _: self._recordWrite(upload, offset, length, outcome, checksum, digest))
 
         return FileSink(writer, limit, finish)
 
@@ -368,9 +383,10 @@ class TusProtocol:
         d.addErrback(_releasing, upload)
         return d.addCallback(compare)
 
-    def _commitOffset(
-        self, upload: OpenUpload, newOffset: int, length: Optional[int]
-    ) -> Deferred[UploadRecord]:
+    def _offsetMutation(self, newOffset: int, length: Optional[int]) -> Callable[[UploadRecord], None]:
+        """
+        What recording C{newOffset} does to an upload's record.
+        """
         expireAfter = self._expiry()
         clock = self.store.clock
 
@@ -383,7 +399,12 @@ class TusProtocol:
             elif expireAfter:
                 record.expires = clock() + expireAfter
 
-        d = self.store.commit(upload, mutate)
+        return mutate
+
+    def _commitOffset(
+        self, upload: OpenUpload, newOffset: int, length: Optional[int]
+    ) -> Deferred[UploadRecord]:
+        d = self.store.commit(upload, self._offsetMutation(newOffset, length))
 
         def release(result: Any) -> Any:
             upload.close()
@@ -602,6 +623,48 @@ class TusProtocol:
             upload.close()
         request.setResponseCode(204)
         return b""
+
+
+class OffsetCheckpoints:
+    """
+    Records a long PATCH's offset while its body still streams, every
+    C{every} bytes that reached the file, so a crash in the middle of a
+    multi-gigabyte body loses at most that much of it.  One checkpoint at
+    a time: one that comes due while another is under way waits for the
+    next batch.
+    """
+
+    log = Logger()
+
+    def __init__(self, commit: Callable[[int], "Deferred[Any]"], every: int) -> None:
+        self.commit = commit
+        self.every = every
+        self.recorded = 0
+        self.running: Optional[Deferred[Any]] = None
+        self._waiters: List[Deferred[None]] = []
+
+    def written(self, written: int) -> None:
+        if self.running is not None or written - self.recorded < self.every:
+            return
+        self.recorded = written
+        self.running = self.commit(written)
+        self.running.addBoth(self._done)
+
+    def _done(self, result: Any) -> None:
+        self.running = None
+        if isinstance(result, Failure):
+            # The PATCH's final record still comes; this one only hurried it.
+            self.log.failure("recording a checkpoint", result)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def settled(self) -> "Deferred[None]":
+        if self.running is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
 
 
 def _releasing(failure: Failure, upload: OpenUpload) -> Failure:

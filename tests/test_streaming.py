@@ -141,3 +141,49 @@ class FullDiskTests(TusTestCase):
         self.assertEqual(r.code, 507)
         r = yield self.head(uploadId)
         self.assertEqual(h(r, "upload-offset"), "0")
+
+
+class CheckpointTests(TusTestCase):
+    overrides = {"storage.checkpoint_every": "1MiB"}
+
+    @defer.inlineCallbacks
+    def waitForOffset(self, uploadId: str, atLeast: int) -> Any:
+        for _ in range(100):
+            r = yield self.head(uploadId)
+            if int(h(r, "upload-offset")) >= atLeast:
+                return int(h(r, "upload-offset"))
+            yield deferLater(0.02)
+        return int(h(r, "upload-offset"))
+
+    @defer.inlineCallbacks
+    def test_longPatchRecordsItsOffsetAsItGoes(self) -> Any:
+        data = randomBytes(8 * 1024 * 1024)
+        uploadId = yield self.createId(len(data))
+        sent = 5 * 1024 * 1024
+        # The body stalls after 5 MiB: its first MiBs are recorded meanwhile,
+        # so a crash now would not lose them.
+        pending = rawRequest(self.port.getHost().port, patchHead(uploadId, 0, len(data)) + data[:sent],
+                             closeAfter=1.0)
+        offset = yield self.waitForOffset(uploadId, 2 * 1024 * 1024)
+        self.assertGreaterEqual(offset, 2 * 1024 * 1024)
+        self.assertLessEqual(offset, sent)
+        record = self.store.get(uploadId)
+        self.assertEqual(record.offset, offset)
+        self.assertEqual(self.dataOf(uploadId)[:offset], data[:offset])
+        yield pending
+        final = yield self.waitForOffset(uploadId, sent)
+        self.assertEqual(final, sent)
+
+    @defer.inlineCallbacks
+    def test_checksummedPatchIsNeverCheckpointed(self) -> Any:
+        import base64
+        import hashlib
+
+        data = randomBytes(6 * 1024 * 1024)
+        uploadId = yield self.createId(len(data))
+        digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        head = patchHead(uploadId, 0, len(data), f"Upload-Checksum: sha256 {digest}\r\n")
+        yield rawRequest(self.port.getHost().port, head + data[:4 * 1024 * 1024], closeAfter=0.5)
+        yield deferLater(0.2)
+        r = yield self.head(uploadId)
+        self.assertEqual(h(r, "upload-offset"), "0")
