@@ -16,7 +16,7 @@ import json
 import os
 import re
 import unicodedata
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 _UNSAFE = re.compile(r"[^\w.\- ()+,=@]", re.UNICODE)
 MAX_NAME = 200
@@ -87,3 +87,23 @@ class CompletedFiles:
                 os.fsync(f.fileno())
         os.replace(temp, target + ".json")
         return target
+
+    def findPublished(self, name: str, uploadId: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """
+        The file published for C{uploadId} under C{name} or one of its
+        numbered variants, with its sidecar -- for finishing a publication
+        whose record was not updated.  Blocking: call it in the disk pool.
+        """
+        stem = name.rpartition(".")[0] or name
+        for entry in os.listdir(self.directory):
+            if not entry.endswith(".json") or not entry.startswith(stem):
+                continue
+            try:
+                with open(os.path.join(self.directory, entry), encoding="utf-8") as f:
+                    info = json.load(f)
+            except (OSError, ValueError):
+                continue
+            path = os.path.join(self.directory, entry[: -len(".json")])
+            if isinstance(info, dict) and info.get("id") == uploadId and os.path.exists(path):
+                return path, info
+        return None

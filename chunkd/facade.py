@@ -850,6 +850,8 @@ class FacadeProtocol:
             again = self._facadeRecord(record.id)
             if "finalized" in again.extra:
                 return _answerOf(again.extra["finalized"])
+            if "publishing" in again.extra:
+                return await self._adoptPublication(again)
             raise UploadLocked("the upload is being finalized") from None
         try:
             return await self._publish(upload, filename)
@@ -871,24 +873,50 @@ class FacadeProtocol:
         name = sanitizeFilename(filename, fallback=f"upload-{record.id}")
         info = {"id": record.id, "protocol": FACADE, "filename": filename, "size": size,
                 "sha256": checksum, "metadata": record.metadata, "created": record.created}
+
+        def announce(r: UploadRecord) -> None:
+            # If we are cut short after the move, this says where to look.
+            r.extra["publishing"] = name
+
         try:
+            await self.store.update(record.id, announce)
             target = await self.disk.run(self.completed.publish, self.store.dataPath(record.id),
                                          name, info, self.config.storage.durable)
         except OSError as e:
             self.log.failure("publishing upload {uploadId}", Failure(), uploadId=record.id)
             raise _diskErrorOf(e, "publishing the upload") from None
+        await self._recordFinalized(record.id, target, checksum, answer)
+        self.hashes.forget(record.id)
+        self.log.info("upload {uploadId} finalized as {name} ({size} bytes, sha256 {checksum})",
+                      uploadId=record.id, name=os.path.basename(target), size=size, checksum=checksum)
+        return answer
 
+    def _recordFinalized(self, uploadId: str, target: str, checksum: str, answer: Dict[str, Any]) -> Deferred[UploadRecord]:
         def mutate(r: UploadRecord) -> None:
             r.extra["path"] = target
             r.extra["sha256"] = checksum
             r.extra["finalized"] = answer
+            r.extra.pop("publishing", None)
             r.state = COMPLETE  # the store announces post-finish, with path and sha256
             r.expires = None
 
-        await self.store.update(record.id, mutate)
-        self.hashes.forget(record.id)
-        self.log.info("upload {uploadId} finalized as {name} ({size} bytes, sha256 {checksum})",
-                      uploadId=record.id, name=os.path.basename(target), size=size, checksum=checksum)
+        return self.store.update(uploadId, mutate)
+
+    async def _adoptPublication(self, record: UploadRecord) -> Dict[str, Any]:
+        """
+        Finish a finalize that was cut short between moving the file and
+        recording it: the sidecar in the completed area says what the answer
+        was.
+        """
+        found = await self.disk.run(self.completed.findPublished, record.extra["publishing"], record.id)
+        if found is None:
+            raise UploadGone("the upload's data is gone")
+        target, sidecar = found
+        answer = {"videoId": record.id, "status": "complete", "size": sidecar["size"],
+                  "checksum": f"sha256:{sidecar['sha256']}"}
+        await self._recordFinalized(record.id, target, sidecar["sha256"], answer)
+        self.log.info("upload {uploadId}: finalize cut short was finished from {name}",
+                      uploadId=record.id, name=os.path.basename(target))
         return answer
 
     def _sha256(self, record: UploadRecord) -> Deferred[str]:

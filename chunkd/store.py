@@ -430,6 +430,8 @@ class UploadStore:
             try:
                 size = os.stat(self.dataPath(record.id)).st_size
             except FileNotFoundError:
+                if record.extra.get("publishing"):
+                    continue  # moved to the completed area by a publication cut short
                 counts["missing"] += 1
                 record.state = EXPIRED
                 self.save(record)

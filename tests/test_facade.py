@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import errno
 import json
 import os
 import shutil
@@ -825,6 +826,41 @@ class RestartTests(FacadeTestCase):
         self.assertEqual(len(threads), 1)
         self.assertNotEqual(threads[0], threading.main_thread().name)
         self.assertIn("chunkd-disk", threads[0])
+
+    @defer.inlineCallbacks
+    def test_finalizeCutShortAfterTheMoveIsFinishedLater(self) -> Any:
+        """
+        A crash between moving the file and recording it: the retried
+        finalize, after a restart, answers as the first would have, from
+        the sidecar, and nothing is published twice.
+        """
+        from chunkd.store import UploadStore
+
+        data = b"cut short"
+        uploadId, token = yield self.upload(data)
+        real = UploadStore.update
+
+        def failRecording(store: UploadStore, upload: str, mutate: Any) -> Any:
+            if getattr(mutate, "__name__", "") == "mutate":
+                return defer.fail(OSError(errno.EIO, "I/O error"))
+            return real(store, upload, mutate)
+
+        self.patch(UploadStore, "update", failRecording)
+        r = yield self.finalize(uploadId, "clip.mp4", token)
+        self.assertNotEqual(r.code, 200)
+        self.flushLoggedErrors()
+        self.patch(UploadStore, "update", real)
+        yield self.restart()
+        r = yield self.finalize(uploadId, "clip.mp4", token)
+        self.assertEqual(r.code, 200, r.body_)
+        answer = json.loads(r.body_)
+        self.assertEqual((answer["checksum"], answer["size"]), (sha256(data), len(data)))
+        record = self.store.get(uploadId)
+        self.assertEqual((record.state, os.path.basename(record.extra["path"])), ("complete", "clip.mp4"))
+        published = [n for n in os.listdir(os.path.dirname(record.extra["path"])) if not n.endswith(".json")]
+        self.assertEqual(published, ["clip.mp4"])
+        again = yield self.finalize(uploadId, "clip.mp4", token)
+        self.assertEqual(again.body_, r.body_)
 
     @defer.inlineCallbacks
     def test_restartMidUpload(self) -> Any:
