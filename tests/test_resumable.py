@@ -967,12 +967,17 @@ class CrashRecoveryTests(ChunkTestCase):
     finished by the next request, under the same name, exactly once.
     """
 
-    @defer.inlineCallbacks
-    def test_publishedButNotRecorded(self) -> Any:
+    def failRecordingCompletionOnce(self) -> List[str]:
+        """
+        Make the record update that marks an upload complete (after its file
+        was published) fail once, as a crash at that moment would.
+
+        @return: the ids it failed for (filled in as it happens).
+        """
         from chunkd.store import UploadStore
 
         real = UploadStore.update
-        failed = []
+        failed: List[str] = []
 
         def failOnce(store: UploadStore, uploadId: str, mutate: Any) -> Any:
             if not failed and getattr(mutate, "__name__", "") == "<lambda>":
@@ -981,6 +986,11 @@ class CrashRecoveryTests(ChunkTestCase):
             return real(store, uploadId, mutate)
 
         self.patch(UploadStore, "update", failOnce)
+        return failed
+
+    @defer.inlineCallbacks
+    def test_publishedButNotRecorded(self) -> Any:
+        failed = self.failRecordingCompletionOnce()
         f = sample(2000)
         yield self.send(RESUMABLE, f, 1)
         status, _ = yield self.send(RESUMABLE, f, 2)
@@ -999,18 +1009,7 @@ class CrashRecoveryTests(ChunkTestCase):
 
     @defer.inlineCallbacks
     def test_publishedButRecordLagsWithoutARestart(self) -> Any:
-        from chunkd.store import UploadStore
-
-        real = UploadStore.update
-        failed = []
-
-        def failOnce(store: UploadStore, uploadId: str, mutate: Any) -> Any:
-            if not failed and getattr(mutate, "__name__", "") == "<lambda>":
-                failed.append(uploadId)
-                return defer.fail(OSError(errno.ENOSPC, "No space left on device"))
-            return real(store, uploadId, mutate)
-
-        self.patch(UploadStore, "update", failOnce)
+        self.failRecordingCompletionOnce()
         f = sample(1000)
         status, _ = yield self.send(FLOW, f, 1)
         self.assertEqual(status, 507)
