@@ -23,12 +23,14 @@ import os
 from typing import Any, Callable, List, Optional, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+
+from chunkd.once import OneShotResult
 
 # pwritev accepts at most IOV_MAX buffers per call (1024 on Linux).
 _IOV_MAX = 1024
@@ -53,7 +55,7 @@ class DiskService(Service):
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="chunkd-disk")
         self.pwritev: Callable[[int, Sequence[Any], int], int] = os.pwritev
         self.outstanding = 0
-        self._drainWaiters: List[Deferred[None]] = []
+        self._drained: Optional[OneShotResult[None]] = None
 
     def startService(self) -> None:
         super().startService()
@@ -80,7 +82,7 @@ class DiskService(Service):
 
         def finished(result: Any) -> Any:
             self.outstanding -= 1
-            if not self.outstanding and self._drainWaiters:
+            if not self.outstanding and self._drained is not None:
                 # A callback down this chain may queue the next job: decide
                 # on the next reactor turn.
                 self.reactor.callLater(0, self._checkDrained)
@@ -92,17 +94,17 @@ class DiskService(Service):
         """
         Fires once no disk job is outstanding.
         """
-        d: Deferred[None] = Deferred()
-        self._drainWaiters.append(d)
+        if self._drained is None:
+            self._drained = OneShotResult()
+        d = self._drained.whenFired()
         self.reactor.callLater(0, self._checkDrained)
         return d
 
     def _checkDrained(self) -> None:
-        if self.outstanding:
+        if self.outstanding or self._drained is None:
             return
-        waiters, self._drainWaiters = self._drainWaiters, []
-        for d in waiters:
-            d.callback(None)
+        drained, self._drained = self._drained, None
+        drained.fire(None)
 
     def writer(
         self,
@@ -160,7 +162,7 @@ class OffsetWriter:
         self._pending: List[Any] = []
         self._inFlight = False
         self._paused = False
-        self._waiters: List[Deferred[int]] = []
+        self._flushed: Optional[OneShotResult[int]] = None
         self.start = offset
         self.written = 0
         self.queued = 0
@@ -193,15 +195,14 @@ class OffsetWriter:
         """
         if not self._inFlight and not self._pending:
             return self._settled()
-        d: Deferred[int] = Deferred()
-        self._waiters.append(d)
+        if self._flushed is None:
+            self._flushed = OneShotResult()
+        d = self._flushed.whenFired()
         self._kick()
         return d
 
     def _settled(self) -> Deferred[int]:
         if self.error is not None:
-            from twisted.internet.defer import fail
-
             return fail(self.error)
         return succeed(self.written)
 
@@ -209,7 +210,7 @@ class OffsetWriter:
         if self._inFlight or not self._pending:
             return
         if (self._pendingSize < self._minBatch and self._producer is not None
-                and not self._paused and not self._waiters):
+                and not self._paused and self._flushed is None):
             # A page-cache write of one 64 KiB read ends before the next
             # read arrives, so without gathering every read would cost a
             # thread hand-off (and GIL traffic): wait for a worthwhile batch,
@@ -267,10 +268,12 @@ class OffsetWriter:
             if self._producer is not None:
                 self._producer.resumeProducing()
         self._kick()
-        if not self._inFlight and not self._pending:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                self._settled().chainDeferred(d)
+        if not self._inFlight and not self._pending and self._flushed is not None:
+            flushed, self._flushed = self._flushed, None
+            if self.error is not None:
+                flushed.fire(Failure(self.error))
+            else:
+                flushed.fire(self.written)
 
     def detach(self) -> None:
         """

@@ -62,6 +62,7 @@ from chunkd.errors import (
     UploadLocked,
     UploadNotFound,
 )
+from chunkd.once import SharedWork
 from chunkd.multipart import MultipartSink, boundaryOf
 from chunkd.sinks import BodyOutcome, FileSink, LateSink, RecordSink
 from chunkd.store import ACTIVE, COMPLETE, EXPIRED, TERMINATED, OpenUpload, UploadRecord, UploadStore
@@ -362,44 +363,6 @@ class PrefixHash:
             _hashInto(f, self.digest, end - self.offset)
 
 
-# -- shared results ---------------------------------------------------------------
-
-
-class SharedResult:
-    """
-    One piece of work that several requests wait for (creating an upload,
-    completing it): each waiter gets its own Deferred, so none can consume
-    the result of another.
-    """
-
-    def __init__(self, work: Deferred[Any]) -> None:
-        self._waiters: List[Deferred[Any]] = []
-        self._result: Any = None
-        self.done = False
-        work.addBoth(self._settle)
-
-    def _settle(self, result: Any) -> None:
-        self.done = True
-        self._result = result
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._fire(d)
-
-    def _fire(self, d: Deferred[Any]) -> None:
-        if isinstance(self._result, Failure):
-            d.errback(self._result)
-        else:
-            d.callback(self._result)
-
-    def wait(self) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        if self.done:
-            self._fire(d)
-        else:
-            self._waiters.append(d)
-        return d
-
-
 @dataclass
 class ChunkAnswer:
     """
@@ -450,8 +413,8 @@ class ChunkProtocol:
             config.complete.directory or os.path.join(config.storage.directory, "complete")
         )
         self._completed: Optional[CompletedFiles] = None
-        self._creating: Dict[str, SharedResult] = {}
-        self._finishing: Dict[str, SharedResult] = {}
+        self._creating: SharedWork[UploadRecord] = SharedWork()
+        self._finishing: SharedWork[UploadRecord] = SharedWork()
         self._prefixes: Dict[str, PrefixHash] = {}
 
     # -- wiring --------------------------------------------------------------
@@ -614,13 +577,7 @@ class ChunkProtocol:
         Create the upload for a file's first chunk -- or wait for the request
         already creating it: the first chunks often arrive together.
         """
-        uploadId = chunk.uploadId
-        pending = self._creating.get(uploadId)
-        if pending is None:
-            work = Deferred.fromCoroutine(self._createNow(chunk))
-            pending = self._creating[uploadId] = SharedResult(work)
-            work.addBoth(self._forget, self._creating, uploadId)
-        return pending.wait()
+        return self._creating.run(chunk.uploadId, lambda: Deferred.fromCoroutine(self._createNow(chunk)))
 
     async def _createNow(self, chunk: ChunkRequest) -> UploadRecord:
         try:
@@ -731,12 +688,7 @@ class ChunkProtocol:
         Complete an upload whose every chunk is stored -- once, however many
         requests notice at the same time.
         """
-        running = self._finishing.get(uploadId)
-        if running is None:
-            work = Deferred.fromCoroutine(self._finishNow(uploadId))
-            running = self._finishing[uploadId] = SharedResult(work)
-            work.addBoth(self._forget, self._finishing, uploadId)
-        return running.wait()
+        return self._finishing.run(uploadId, lambda: Deferred.fromCoroutine(self._finishNow(uploadId)))
 
     def _advancePrefix(self, record: UploadRecord) -> None:
         """
@@ -862,12 +814,6 @@ class ChunkProtocol:
         }
         path = self._completed.publish(source, record.id, info, durable=self.store.durable)
         return dict(info, path=path, name=os.path.basename(path))
-
-    @staticmethod
-    def _forget(result: Any, table: Dict[str, SharedResult], uploadId: str) -> None:
-        # The work is over (its waiters have their result): the next
-        # request that needs it starts it afresh.
-        table.pop(uploadId, None)
 
     # -- routes ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,6 +22,7 @@ from twisted.web.http_headers import Headers
 
 from chunkd.disk import OffsetWriter
 from chunkd.errors import UploadError
+from chunkd.once import OneShotResult
 from chunkd.streaming import BodySink, DiscardBody
 
 log = Logger()
@@ -66,10 +67,7 @@ class FileSink:
         self.received = 0
         self.overflow = False
         self._finish = finish
-        self._done: Optional[Deferred[Any]] = None
-        self._failure: Optional[Failure] = None
-        self._value: Any = None
-        self._waiters: List[Deferred[Any]] = []
+        self._result: OneShotResult[Any] = OneShotResult()
 
     def dataReceived(self, data: bytes) -> None:
         if self.limit is not None and self.received + len(data) > self.limit:
@@ -100,30 +98,12 @@ class FileSink:
         d.addBoth(self._settle, complete)
 
     def _settle(self, result: Any, complete: bool) -> None:
-        if isinstance(result, Failure):
-            self._failure = result
-            if not complete and not result.check(UploadError):
-                log.failure("recording an interrupted upload", result)
-        else:
-            self._value = result
-        self._done = Deferred()
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._fire(d)
-
-    def _fire(self, d: Deferred[Any]) -> None:
-        if self._failure is not None:
-            d.errback(self._failure)
-        else:
-            d.callback(self._value)
+        if isinstance(result, Failure) and not complete and not result.check(UploadError):
+            log.failure("recording an interrupted upload", result)
+        self._result.fire(result)
 
     def result(self) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        if self._done is not None:
-            self._fire(d)
-        else:
-            self._waiters.append(d)
-        return d
+        return self._result.whenFired()
 
 
 class RecordSink(DiscardBody):
@@ -153,7 +133,7 @@ class LateSink:
         self._ended: Optional[tuple] = None
         self._sink: Optional[BodySink] = None
         self._error: Optional[Failure] = None
-        self._waiters: List[Deferred[Any]] = []
+        self._result: OneShotResult[Any] = OneShotResult()
         if producer is not None:
             producer.pauseProducing()
         pending.addCallbacks(self._ready, self._failed)
@@ -168,9 +148,7 @@ class LateSink:
             getattr(sink, kind)(arg)
         elif self._producer is not None:
             self._producer.resumeProducing()
-        for d in self._waiters:
-            sink.result().chainDeferred(d)
-        self._waiters = []
+        sink.result().addBoth(self._result.fire)
 
     def _failed(self, failure: Failure) -> None:
         self._error = failure
@@ -178,9 +156,7 @@ class LateSink:
         if self._producer is not None and self._ended is None:
             # Drain the body so the error can be answered.
             self._producer.resumeProducing()
-        for d in self._waiters:
-            d.errback(failure)
-        self._waiters = []
+        self._result.fire(failure)
 
     def dataReceived(self, data: bytes) -> None:
         if self._sink is not None:
@@ -202,10 +178,4 @@ class LateSink:
             self._ended = ("bodyFailed", reason)
 
     def result(self) -> Deferred[Any]:
-        if self._sink is not None:
-            return self._sink.result()
-        if self._error is not None:
-            return fail(self._error)
-        d: Deferred[Any] = Deferred()
-        self._waiters.append(d)
-        return d
+        return self._result.whenFired()

@@ -42,6 +42,7 @@ from chunkd.errors import (
     UploadLocked,
     UploadNotFound,
 )
+from chunkd.once import OneShotResult
 from chunkd.sinks import BodyOutcome, FileSink, LateSink, RecordSink
 from chunkd.store import ACTIVE, COMPLETE, OpenUpload, UploadRecord, UploadStore, isUploadId
 from chunkd.streaming import BodyRouter, BodySink, DiscardBody, StreamingRequest, trailersSupported
@@ -641,7 +642,7 @@ class OffsetCheckpoints:
         self.every = every
         self.recorded = 0
         self.running: Optional[Deferred[Any]] = None
-        self._waiters: List[Deferred[None]] = []
+        self._settled: Optional[OneShotResult[None]] = None
 
     def written(self, written: int) -> None:
         if self.running is not None or written - self.recorded < self.every:
@@ -655,16 +656,16 @@ class OffsetCheckpoints:
         if isinstance(result, Failure):
             # The PATCH's final record still comes; this one only hurried it.
             self.log.failure("recording a checkpoint", result)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        settled, self._settled = self._settled, None
+        if settled is not None:
+            settled.fire(None)
 
     def settled(self) -> "Deferred[None]":
         if self.running is None:
             return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        return d
+        if self._settled is None:
+            self._settled = OneShotResult()
+        return self._settled.whenFired()
 
 
 def _releasing(failure: Failure, upload: OpenUpload) -> Failure:
