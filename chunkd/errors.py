@@ -10,6 +10,7 @@ keeping one hierarchy means no layer has to translate another's errors.
 
 from __future__ import annotations
 
+import errno
 from typing import Mapping, Optional
 
 
@@ -58,7 +59,16 @@ class MethodNotAllowed(UploadError):
     status = 405
 
 
-class OffsetMismatch(UploadError):
+class Conflict(UploadError):
+    """
+    The upload is not in a state that allows this request (not finished
+    yet, say).
+    """
+
+    status = 409
+
+
+class OffsetMismatch(Conflict):
     status = 409
 
 
@@ -95,9 +105,57 @@ class ChecksumMismatch(UploadError):
     status = 460
 
 
+class InternalError(UploadError):
+    """
+    Something failed on our side; the reason names the step, never a path
+    or a traceback.
+    """
+
+    status = 500
+
+
 class ServiceUnavailable(UploadError):
     status = 503
 
 
 class InsufficientStorage(UploadError):
     status = 507
+
+
+# -- the catalogue: errors more than one place raises, and the one disk map --
+
+#: errnos that mean "no room": the client may retry once space is freed.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def noSuchUpload() -> UploadNotFound:
+    """
+    An unknown id, a malformed one, or another protocol's (or, later,
+    another user's) upload: one answer, so existence never leaks.
+    """
+    return UploadNotFound("no such upload")
+
+
+def dataGone() -> UploadGone:
+    """The upload's record remains, its data does not."""
+    return UploadGone("the upload's data is gone")
+
+
+def internalError() -> InternalError:
+    return InternalError("internal error")
+
+
+def diskError(error: BaseException, doing: str = "storing the upload") -> UploadError:
+    """
+    The one place a failed disk operation becomes an answer: 507 for a
+    full disk or quota (the client may retry later), a 500 naming the
+    misconfiguration when the completed area is on another file system,
+    else a 500 naming the step -- never the path or the errno text.
+    """
+    if isinstance(error, UploadError):
+        return error
+    if isinstance(error, OSError) and error.errno in NO_SPACE:
+        return InsufficientStorage("the disk is full")
+    if isinstance(error, OSError) and error.errno == errno.EXDEV:
+        return InternalError("complete.directory must be on the storage file system")
+    return InternalError(f"{doing} failed")

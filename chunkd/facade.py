@@ -48,10 +48,12 @@ from chunkd.complete import CompletedFiles, sanitizeFilename
 from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.errors import (
+    dataGone,
+    diskError,
+    noSuchUpload,
     BadRequest,
     ChecksumMismatch,
     Forbidden,
-    InsufficientStorage,
     OffsetMismatch,
     PreconditionFailed,
     TooLarge,
@@ -60,7 +62,6 @@ from chunkd.errors import (
     UploadError,
     UploadGone,
     UploadLocked,
-    UploadNotFound,
 )
 from chunkd.multipart import MultipartSink, boundaryOf
 from chunkd.sinks import BodyOutcome, FileSink, LateSink, RecordSink
@@ -399,18 +400,6 @@ def completeDirectory(config: Config) -> str:
     return os.path.abspath(configured or os.path.join(config.storage.directory, "complete"))
 
 
-def _diskErrorOf(error: BaseException, doing: str) -> UploadError:
-    """
-    What a client is told when the disk failed: 507 for a full disk (it
-    may retry later), else a 500 that names the step, never the path.
-    """
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage("the disk is full")
-    if isinstance(error, OSError) and error.errno == errno.EXDEV:
-        return UploadError("complete.directory must be on the storage file system", status=500)
-    return UploadError(f"{doing} failed", status=500)
-
-
 FINALIZE_FIELDS = ("videoId", "status", "size", "checksum")
 
 
@@ -608,7 +597,7 @@ class FacadeProtocol:
         """
         record = self.store.getLive(uploadId)
         if record.protocol != FACADE:
-            raise UploadNotFound("no such upload")
+            raise noSuchUpload()
         return record
 
     def _tokenOf(self, request: Any) -> Optional[str]:
@@ -757,7 +746,7 @@ class FacadeProtocol:
         upload = chunk.upload
         try:
             if outcome.error is not None:
-                raise _diskErrorOf(outcome.error, "writing the chunk")
+                raise diskError(outcome.error, "writing the chunk")
             if outcome.overflow:
                 raise TooLarge(chunk.tooLarge)
             if chunk.malformed(outcome):
@@ -884,7 +873,7 @@ class FacadeProtocol:
                                          name, info, self.config.storage.durable)
         except OSError as e:
             self.log.failure("publishing upload {uploadId}", Failure(), uploadId=record.id)
-            raise _diskErrorOf(e, "publishing the upload") from None
+            raise diskError(e, "publishing the upload") from None
         await self._recordFinalized(record.id, target, checksum, answer)
         self.hashes.forget(record.id)
         self.log.info("upload {uploadId} finalized as {name} ({size} bytes, sha256 {checksum})",
@@ -910,7 +899,7 @@ class FacadeProtocol:
         """
         found = await self.disk.run(self.completed.findPublished, record.extra["publishing"], record.id)
         if found is None:
-            raise UploadGone("the upload's data is gone")
+            raise dataGone()
         target, sidecar = found
         answer = {"videoId": record.id, "status": "complete", "size": sidecar["size"],
                   "checksum": f"sha256:{sidecar['sha256']}"}

@@ -35,7 +35,6 @@ touching any file.
 from __future__ import annotations
 
 import base64
-import errno
 import hashlib
 import json
 import os
@@ -54,8 +53,9 @@ from chunkd.complete import CompletedFiles, sanitizeFilename
 from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.errors import (
+    dataGone,
+    diskError,
     BadRequest,
-    InsufficientStorage,
     ServiceUnavailable,
     UploadError,
     UploadGone,
@@ -544,7 +544,7 @@ class ChunkProtocol:
             try:
                 record = await self.store.commit(upload, markStored)
             except OSError as e:
-                raise _diskError(e) from None
+                raise diskError(e) from None
         finally:
             # Release the shared lock before completing: completion takes
             # the exclusive one.
@@ -606,7 +606,7 @@ class ChunkProtocol:
             # record follows as soon as the space is allocated.
             return await self._awaitRecord(chunk)
         except OSError as e:
-            raise _diskError(e) from None
+            raise diskError(e) from None
         self.log.info(
             "{protocol} upload {uploadId} created: {size} bytes in {chunks} chunks",
             protocol=self.dialect.name, uploadId=record.id, size=chunk.totalSize,
@@ -747,7 +747,7 @@ class ChunkProtocol:
                 info = await self.disk.run(self._publishNow, record, prefix)
                 record = await self.store.update(uploadId, lambda r: _markComplete(r, info))
             except OSError as e:
-                raise _diskError(e) from None
+                raise diskError(e) from None
         finally:
             upload.close()
         self.log.info(
@@ -763,7 +763,7 @@ class ChunkProtocol:
             return record
         info = self._sidecarOf(record)
         if info is None:
-            raise UploadGone("the upload's data is gone")
+            raise dataGone()
         return await self.store.update(uploadId, lambda r: _markComplete(r, info))
 
     async def _lockExclusive(self, uploadId: str) -> OpenUpload:
@@ -867,7 +867,7 @@ def _checkOutcome(outcome: BodyOutcome, chunk: ChunkRequest) -> None:
     """
     if outcome.error is not None:
         error = outcome.error
-        raise _diskError(error) if isinstance(error, OSError) else error
+        raise diskError(error)
     if not outcome.complete:
         raise BadRequest("the chunk was cut off")
     if outcome.overflow:
@@ -894,12 +894,6 @@ def _markComplete(record: UploadRecord, info: Mapping[str, Any]) -> None:
     record.extra["completed"] = {
         k: info[k] for k in ("path", "name", "size", "sha256", "completedAt")
     }
-
-
-def _diskError(error: OSError) -> UploadError:
-    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return InsufficientStorage("the disk is full")
-    return UploadError("the upload could not be stored", status=500)
 
 
 def _metadataOf(chunk: ChunkRequest) -> Dict[str, Optional[str]]:

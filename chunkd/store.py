@@ -38,7 +38,15 @@ from twisted.logger import Logger
 
 from chunkd.disk import DiskService
 from chunkd.events import POST_CREATE, POST_EXPIRE, POST_FINISH, POST_TERMINATE, UploadEvents
-from chunkd.errors import InsufficientStorage, UploadError, UploadGone, UploadLocked, UploadNotFound
+from chunkd.errors import (
+    NO_SPACE,
+    InsufficientStorage,
+    UploadError,
+    UploadGone,
+    UploadLocked,
+    dataGone,
+    noSuchUpload,
+)
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -158,7 +166,7 @@ class UploadStore:
 
     def _checkId(self, uploadId: str) -> None:
         if not isUploadId(uploadId):
-            raise UploadNotFound("no such upload")
+            raise noSuchUpload()
 
     # -- records -----------------------------------------------------------
 
@@ -172,10 +180,10 @@ class UploadStore:
             with open(self.recordPath(uploadId), "rb") as f:
                 return UploadRecord.fromJSON(f.read())
         except FileNotFoundError:
-            raise UploadNotFound("no such upload") from None
+            raise noSuchUpload() from None
         except (ValueError, TypeError):
             self.log.error("unreadable record for upload {uploadId}", uploadId=uploadId)
-            raise UploadNotFound("no such upload") from None
+            raise noSuchUpload() from None
 
     def getLive(self, uploadId: str) -> UploadRecord:
         """
@@ -238,7 +246,7 @@ class UploadStore:
         except OSError as e:
             os.close(fd)
             os.unlink(path)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            if e.errno in NO_SPACE:
                 raise InsufficientStorage(
                     f"not enough disk space for {record.length} bytes"
                 ) from None
@@ -250,7 +258,7 @@ class UploadStore:
             self.save(record)
         except OSError as e:
             os.unlink(path)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in NO_SPACE:
                 raise InsufficientStorage("not enough disk space") from None
             raise
         return record
@@ -303,7 +311,7 @@ class UploadStore:
         try:
             fd = os.open(self.dataPath(uploadId), os.O_WRONLY)
         except FileNotFoundError:
-            raise UploadGone("upload data is gone") from None
+            raise dataGone() from None
         try:
             fcntl.flock(fd, lock | fcntl.LOCK_NB)
             # Re-read under the lock: the holder before us may have moved it.

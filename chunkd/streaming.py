@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http_headers import Headers
 
-from chunkd.errors import TooLarge, UploadError
+from chunkd.errors import TooLarge, UploadError, internalError
 
 log = Logger()
 
@@ -147,7 +147,7 @@ class BodyRouter:
                     return DiscardBody(e)
                 except Exception:
                     log.failure("choosing a body sink for {uri}", uri=request.uri)
-                    return DiscardBody(UploadError("internal error", status=500))
+                    return DiscardBody(internalError())
                 if sink is not None:
                     return sink
         return BoundedBody(self.smallBodyLimit)

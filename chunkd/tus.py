@@ -30,10 +30,13 @@ from twisted.web.static import File
 from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.errors import (
+    Conflict,
+    MethodNotAllowed,
+    diskError,
+    noSuchUpload,
     BadRequest,
     ChecksumMismatch,
     Forbidden,
-    InsufficientStorage,
     OffsetMismatch,
     PreconditionFailed,
     TooLarge,
@@ -185,7 +188,7 @@ class TusProtocol:
         """
         record = self.store.getLive(uploadId)
         if record.protocol != "tus":
-            raise UploadNotFound("no such upload")
+            raise noSuchUpload()
         return record
 
     def _open(self, uploadId: str) -> OpenUpload:
@@ -223,7 +226,7 @@ class TusProtocol:
         if request.method == b"PATCH":
             uploadId = self._uploadIdOf(request)
             if uploadId is None:
-                return DiscardBody(UploadError("PATCH needs an upload URL", status=405))
+                return DiscardBody(MethodNotAllowed("PATCH needs an upload URL"))
             self._checkVersion(request)
             return self._patchSink(request, uploadId)
         if request.method == b"POST" and self._uploadIdOf(request) is None:
@@ -331,7 +334,7 @@ class TusProtocol:
         """
         try:
             if outcome.error is not None:
-                raise _writeError(outcome.error)
+                raise diskError(outcome.error, "writing the upload")
             if outcome.overflow:
                 raise TooLarge("the body runs past the upload's length")
             if checksum is None and outcome.complete:
@@ -603,11 +606,11 @@ class TusProtocol:
         attachment, so an upload can never run as a page of this origin.
         """
         if not self.config.tus.download:
-            raise UploadError("downloads are disabled", status=405)
+            raise MethodNotAllowed("downloads are disabled")
         record = self._record(uploadId)
         if record.state != COMPLETE:
-            raise UploadError("the upload is not finished", status=409,
-                              headers={"Upload-Offset": str(record.offset)})
+            raise Conflict("the upload is not finished",
+                           headers={"Upload-Offset": str(record.offset)})
         resource = File(self.store.dataPath(uploadId))
         resource.type = _safeContentType(record.metadata.get("filetype") or record.metadata.get("contentType"))
         resource.encoding = None
@@ -672,14 +675,6 @@ def _releasing(failure: Failure, upload: OpenUpload) -> Failure:
     """An errback: let go of the upload, pass the failure on."""
     upload.close()
     return failure
-
-
-def _writeError(error: BaseException) -> UploadError:
-    import errno as _errno
-
-    if isinstance(error, OSError) and error.errno in (_errno.ENOSPC, _errno.EDQUOT):
-        return InsufficientStorage("the disk is full")
-    return UploadError("the upload could not be written", status=500)
 
 
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+$")

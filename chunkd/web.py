@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from chunkd.config import Config
-from chunkd.errors import UploadError
+from chunkd.errors import UploadError, internalError
 from chunkd.streaming import BodyRouter, StreamingRequest
 
 log = Logger()
@@ -278,7 +278,7 @@ def buildApp(protocols: List[UploadProtocol]) -> "tuple[Klein, BodyRouter, List[
     def unexpected(request: Any, failure: Failure) -> bytes:
         log.failure("unexpected error answering {method} {uri}", failure,
                     method=request.method, uri=request.uri)
-        return renderError(request, UploadError("internal error", status=500))
+        return renderError(request, internalError())
 
     @app.route("/", branch=True, methods=["OPTIONS"])
     def preflight(request: Any) -> bytes:
