@@ -4,8 +4,12 @@ application that wanted it.
 
 A finished upload's data file is I{moved} here (a rename on the same file
 system: no copy, no reassembly) under a name that is safe by construction,
-with a JSON sidecar (C{<name>.json}) holding what the application needs:
-the original file name, relative path, size, sha256.  Names never come from
+with a JSON sidecar (C{<name>.json}) holding what the application needs.
+One schema for every protocol: C{id}, C{protocol}, C{created},
+C{completedAt}, C{size}, C{sha256}, C{path}, C{name}, C{filename} (safe to
+use), C{clientFilename} (as sent, for display), C{metadata}, and the
+protocol's own fields (Resumable.js: C{identifier}, C{relativePath},
+C{clientRelativePath}, C{type}).  Names never come from
 client text unsanitized, and an existing file is never overwritten: a
 collision gets a numbered name instead.
 """
@@ -73,7 +77,10 @@ class CompletedFiles:
                 # link() fails if the name exists: never overwrites, unlike rename().
                 os.link(source, target)
             except FileExistsError:
-                continue
+                if not os.path.samefile(source, target):
+                    continue
+                # Our own link, from a publication cut short before it
+                # removed the source: take it up where it stopped.
             os.unlink(source)
             break
         else:
@@ -88,11 +95,13 @@ class CompletedFiles:
         os.replace(temp, target + ".json")
         return target
 
-    def findPublished(self, name: str, uploadId: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    def findPublished(self, name: str, uploadId: str, created: float) -> Optional[Tuple[str, Dict[str, Any]]]:
         """
         The file published for C{uploadId} under C{name} or one of its
         numbered variants, with its sidecar -- for finishing a publication
-        whose record was not updated.  Blocking: call it in the disk pool.
+        whose record was not updated.  C{created} tells this upload from an
+        earlier one with the same id (a chunked upload's id derives from
+        the client's identifier).  Blocking: call it in the disk pool.
         """
         stem = name.rpartition(".")[0] or name
         for entry in os.listdir(self.directory):
@@ -104,6 +113,7 @@ class CompletedFiles:
             except (OSError, ValueError):
                 continue
             path = os.path.join(self.directory, entry[: -len(".json")])
-            if isinstance(info, dict) and info.get("id") == uploadId and os.path.exists(path):
+            if (isinstance(info, dict) and info.get("id") == uploadId
+                    and info.get("created") == created and os.path.exists(path)):
                 return path, info
         return None

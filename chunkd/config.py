@@ -206,6 +206,15 @@ class Config:
     complete: CompleteConfig = field(default_factory=CompleteConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
 
+    @property
+    def completeDirectory(self) -> str:
+        """
+        The completed-files area, absolute: C{complete.directory}, or
+        C{<storage>/complete} (the one place that default is decided).
+        """
+        configured = self.complete.directory
+        return os.path.abspath(configured or os.path.join(self.storage.directory, "complete"))
+
 
 _SIZE_UNITS = {
     "": 1,

@@ -50,7 +50,7 @@ def describe(store: UploadStore, record: UploadRecord) -> Dict[str, Any]:
     """
     What a receiver learns of an upload.
     """
-    path = record.extra.get("path")
+    path = record.published.path if record.published is not None else None
     if path is None and record.state == COMPLETE and record.protocol == "tus":
         path = store.dataPath(record.id)
     return {
@@ -61,7 +61,7 @@ def describe(store: UploadStore, record: UploadRecord) -> Dict[str, Any]:
         "state": record.state,
         "metadata": record.metadata,
         "path": path,
-        "sha256": record.extra.get("sha256"),
+        "sha256": record.published.sha256 if record.published is not None else None,
         "created": record.created,
         "updated": record.updated,
     }

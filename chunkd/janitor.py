@@ -195,17 +195,13 @@ class Janitor(Service):
             report.active += 1
 
     def _removeCompleted(self, record: UploadRecord, report: SweepReport) -> None:
-        published = record.extra.get("path")
-        if isinstance(published, str) and published.startswith(self._completeDirectory() + os.sep):
+        published = record.published.path if record.published is not None else None
+        if published is not None and published.startswith(self.config.completeDirectory + os.sep):
             for path in (published, published + ".json"):
                 if os.path.exists(path):
                     os.unlink(path)
         self._forget(record.id)
         report.removedCompleted += 1
-
-    def _completeDirectory(self) -> str:
-        configured = self.config.complete.directory
-        return os.path.abspath(configured or os.path.join(self.store.directory, "complete"))
 
     def _forget(self, uploadId: str) -> None:
         for path in (self.store.dataPath(uploadId), self.store.recordPath(uploadId),

@@ -5,6 +5,8 @@ and changeable on reload.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -46,3 +48,7 @@ class LogLevelControl:
 
     def setLevel(self, level: str) -> None:
         self.predicate.setLogLevelForNamespace("", _LEVELS[level])
+
+    def reconfigure(self, config: Any) -> None:
+        """A reloaded C{log_level} applies at once."""
+        self.setLevel(config.log_level)

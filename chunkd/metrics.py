@@ -7,12 +7,13 @@ writer, free space from the storage directory at scrape time.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, List, Optional, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from chunkd.config import Config
 from chunkd.disk import DiskService
+from chunkd.routes import Route
 from chunkd.events import POST_CREATE, POST_EXPIRE, POST_FINISH, POST_TERMINATE
 from chunkd.store import UploadRecord, UploadStore
 
@@ -54,26 +55,21 @@ class Metrics:
         if counter is not None:
             counter.labels(record.protocol).inc()
 
-    def protocolOf(self, path: bytes) -> str:
+    @staticmethod
+    def protocolOf(request: Any) -> str:
         """
-        The protocol a request path belongs to, by the mounts in the config.
+        The protocol a request belongs to: its route's, decided when its
+        headers ended (L{chunkd.routes.RouteMatch}).
         """
-        text = path.decode("latin-1")
-        c = self.config
-        mounts: Dict[str, str] = {c.tus.path: "tus", c.resumable.path: "resumable",
-                                  c.flow.path: "flow", c.uploads.path: "facade"}
-        for mount in sorted(mounts, key=len, reverse=True):
-            if text == mount or text.startswith(mount + "/"):
-                return mounts[mount]
-        return "other"
+        route = getattr(request, "route", None)
+        return route.protocol if route is not None else "other"
 
     def requestDone(self, request: Any) -> None:
-        protocol = self.protocolOf(request.path or b"")
-        self.requests.labels(protocol, str(request.code)).inc()
+        self.requests.labels(self.protocolOf(request), str(request.code)).inc()
 
     def bodyReceived(self, request: Any, size: int) -> None:
         if size:
-            self.bytes.labels(self.protocolOf(request.path or b"")).inc(size)
+            self.bytes.labels(self.protocolOf(request)).inc(size)
 
     def setActive(self, count: Optional[int]) -> None:
         if count is not None:
@@ -86,14 +82,18 @@ class Metrics:
 
 class MetricsEndpoint:
     """
-    Serves the metrics at C{metrics.path} on the Klein app.
+    Serves the metrics at C{metrics.path}.
     """
 
-    exposedHeaders: list = []
+    name = "metrics"
+    exposedHeaders: List[str] = []
 
     def __init__(self, metrics: Metrics, path: str) -> None:
         self.metrics = metrics
         self.path = path
 
-    def install(self, app: Any, router: Any) -> None:
-        app.route(self.path, methods=["GET"])(self.metrics.render)
+    def routes(self) -> Sequence[Route]:
+        return [Route(self.path, ("GET",), self.metrics.render, label="other")]
+
+    def reconfigure(self, config: Config) -> None:
+        self.metrics.config = config

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import asdict, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from twisted.logger import Logger
 
@@ -48,10 +48,21 @@ def _withRunning(new: Config, running: Config, keys: List[str]) -> Config:
     return new
 
 
+class Reconfigurable(Protocol):
+    """
+    Anything whose settings a reload may change: the one way a new config
+    is applied.  Each target decides what changes at once (for the next
+    request) and keeps what cannot change while it runs.
+    """
+
+    def reconfigure(self, config: Config) -> None:
+        ...
+
+
 class Reloader:
     """
-    Re-reads the config file and hands the new config to every target
-    (C{target(config)} callables, in order).
+    Re-reads the config file and hands the new config to every target's
+    C{reconfigure}, in order.
     """
 
     log = Logger()
@@ -61,12 +72,12 @@ class Reloader:
         path: Optional[str],
         overrides: Mapping[str, object],
         running: Config,
-        targets: List[Callable[[Config], None]],
+        targets: Sequence[Reconfigurable],
     ) -> None:
         self.path = path
         self.overrides = dict(overrides)
         self.running = running
-        self.targets = targets
+        self.targets = list(targets)
 
     def reload(self) -> bool:
         """
@@ -86,7 +97,7 @@ class Reloader:
             new = _withRunning(new, self.running, needRestart)
         applied = [k for k in changed if k not in needRestart]
         for target in self.targets:
-            target(new)
+            target.reconfigure(new)
         self.running = new
         self.log.info("config reloaded; changed: {keys}", keys=", ".join(applied) or "nothing")
         return True

@@ -179,3 +179,27 @@ class LateSink:
 
     def result(self) -> Deferred[Any]:
         return self._result.whenFired()
+
+
+class MappedSink:
+    """
+    Another sink's body handling, with its result passed through C{f}
+    (which may return a Deferred): what a protocol does once a body is
+    recorded, such as completing the upload it finished.
+    """
+
+    def __init__(self, sink: BodySink, f: Callable[[Any], Any]) -> None:
+        self.sink = sink
+        self.f = f
+
+    def dataReceived(self, data: bytes) -> None:
+        self.sink.dataReceived(data)
+
+    def bodyEnded(self, trailers: Headers) -> None:
+        self.sink.bodyEnded(trailers)
+
+    def bodyFailed(self, reason: Failure) -> None:
+        self.sink.bodyFailed(reason)
+
+    def result(self) -> Deferred[Any]:
+        return self.sink.result().addCallback(self.f)

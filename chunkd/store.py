@@ -67,6 +67,24 @@ def isUploadId(value: str) -> bool:
     return bool(_ID.match(value))
 
 
+#: the record format written now; older records are upgraded on load.
+RECORD_SCHEMA = 2
+
+
+@dataclass
+class Publication:
+    """
+    Where a finished upload was handed to the application: its file in
+    the completed-files area and what its sidecar says of it.
+    """
+
+    path: str
+    name: str
+    size: int
+    sha256: str
+    completedAt: float
+
+
 @dataclass
 class UploadRecord:
     """
@@ -79,7 +97,15 @@ class UploadRecord:
     @ivar expires: when an idle incomplete upload expires (epoch seconds).
     @ivar state: L{ACTIVE}, L{COMPLETE}, L{TERMINATED} or L{EXPIRED}; the
         last two are tombstones whose data is gone.
-    @ivar extra: protocol-specific state (tus concatenation, chunk maps).
+    @ivar published: set once the upload's file was moved to the completed
+        area: the one mark of a published upload, for every protocol.
+    @ivar publishing: the name a publication under way is moving the file
+        to -- set before the move, so a publication cut short by a crash is
+        found and finished rather than taken for lost data.
+    @ivar extra: the protocol's own state (tus concatenation, a chunk map,
+        token digests).  Only the protocol reads it; the store, hooks and
+        janitor never do.
+    @ivar schema: the record format (L{RECORD_SCHEMA}).
     """
 
     id: str
@@ -91,7 +117,10 @@ class UploadRecord:
     updated: float = 0.0
     expires: Optional[float] = None
     state: str = ACTIVE
+    published: Optional[Publication] = None
+    publishing: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    schema: int = RECORD_SCHEMA
 
     @property
     def complete(self) -> bool:
@@ -103,7 +132,39 @@ class UploadRecord:
     @classmethod
     def fromJSON(cls, data: bytes) -> "UploadRecord":
         raw = json.loads(data)
-        return cls(**raw)
+        if raw.get("schema", 1) < 2:
+            _upgradeFrom1(raw)
+        published = raw.pop("published", None)
+        record = cls(**raw)
+        if published is not None:
+            record.published = Publication(**published)
+        return record
+
+
+def _upgradeFrom1(raw: Dict[str, Any]) -> None:
+    """
+    A record written before the schema had a version: publication state
+    lived among the protocol keys of C{extra} (C{path} and C{sha256}, with
+    Resumable.js's C{completed} or the facade's C{finalized}, and
+    C{publishing}).
+    """
+    extra = raw.setdefault("extra", {})
+    path = extra.pop("path", None)
+    sha256 = extra.pop("sha256", None)
+    completed = extra.pop("completed", None) or {}
+    finalized = extra.pop("finalized", None) or {}
+    publishing = extra.pop("publishing", None)
+    if publishing is not None:
+        raw["publishing"] = publishing
+    if isinstance(path, str) and isinstance(sha256, str):
+        raw["published"] = {
+            "path": path,
+            "name": completed.get("name", os.path.basename(path)),
+            "size": completed.get("size", finalized.get("size", raw.get("length") or 0)),
+            "sha256": sha256,
+            "completedAt": completed.get("completedAt", raw.get("updated", 0.0)),
+        }
+    raw["schema"] = RECORD_SCHEMA
 
 
 class OpenUpload:
@@ -433,12 +494,12 @@ class UploadStore:
             counts["records"] += 1
             if record.state not in (ACTIVE, COMPLETE):
                 continue
-            if record.state == COMPLETE and record.extra.get("path"):
-                continue  # published: its data moved to the completed-files area
+            if record.published is not None:
+                continue  # its data moved to the completed-files area
             try:
                 size = os.stat(self.dataPath(record.id)).st_size
             except FileNotFoundError:
-                if record.extra.get("publishing"):
+                if record.publishing is not None:
                     continue  # moved to the completed area by a publication cut short
                 counts["missing"] += 1
                 record.state = EXPIRED

@@ -4,7 +4,8 @@ streamed to a sink chosen when the headers end, never buffered.
 
 C{twisted.web.http.Request} collects a body into memory or a temporary file
 and only then lets the resource render.  L{StreamingRequest} (the Site's
-C{requestFactory}) instead asks the site's L{BodyRouter} for a L{BodySink}
+C{requestFactory}) instead asks the site's route table
+(L{chunkd.routes.RouteTable}) for a L{BodySink}
 in C{gotLength} -- when every header is known but no body byte has arrived
 -- and feeds each piece of body to it as it comes off the socket.  When the
 body ends the request renders as usual (Klein routes it), and the route
@@ -18,17 +19,18 @@ held whole in memory.
 from __future__ import annotations
 
 import io
-from typing import Any, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http_headers import Headers
 
-from chunkd.errors import TooLarge, UploadError, internalError
+from chunkd.errors import TooLarge, UploadError
 
-log = Logger()
+if TYPE_CHECKING:
+    from chunkd.routes import RouteMatch
+
 
 
 class BodySink(Protocol):
@@ -109,50 +111,6 @@ class BoundedBody:
         return succeed(b"".join(self._parts))
 
 
-class SinkFactory(Protocol):
-    def __call__(self, request: "StreamingRequest") -> Optional[BodySink]:
-        """
-        A sink for C{request}'s body, or C{None} if this factory does not
-        handle it.  May raise L{UploadError}: the body is then discarded and
-        the error becomes the answer.
-        """
-
-
-class BodyRouter:
-    """
-    Chooses a body sink by the request's path prefix: each protocol mounts a
-    sink factory at its path.
-    """
-
-    smallBodyLimit = 64 * 1024
-
-    def __init__(self) -> None:
-        self._mounts: List[Tuple[str, SinkFactory]] = []
-
-    def mount(self, prefix: str, factory: SinkFactory) -> None:
-        """
-        Send bodies of requests at C{prefix} (and below it) to C{factory}.
-        Longer prefixes win.
-        """
-        self._mounts.append((prefix.rstrip("/"), factory))
-        self._mounts.sort(key=lambda m: len(m[0]), reverse=True)
-
-    def sinkFor(self, request: "StreamingRequest") -> BodySink:
-        path = request.path.decode("latin-1")
-        for prefix, factory in self._mounts:
-            if path == prefix or path.startswith(prefix + "/"):
-                try:
-                    sink = factory(request)
-                except UploadError as e:
-                    return DiscardBody(e)
-                except Exception:
-                    log.failure("choosing a body sink for {uri}", uri=request.uri)
-                    return DiscardBody(internalError())
-                if sink is not None:
-                    return sink
-        return BoundedBody(self.smallBodyLimit)
-
-
 class StreamingRequest(server.Request):
     """
     A request whose body is streamed to a L{BodySink} instead of being
@@ -160,10 +118,13 @@ class StreamingRequest(server.Request):
     form in memory).
 
     @ivar bodySink: the sink chosen when the headers ended.
+    @ivar route: the route the request matched (L{chunkd.routes.RouteMatch}),
+        or C{None}: known from the end of the headers on.
     @ivar trailers: HTTP trailers of a chunked body, once it ended.
     """
 
     bodySink: BodySink
+    route: Optional["RouteMatch"] = None
     _bodyOpen = False
     # Twisted labels every response text/html; most of ours have no body.
     defaultContentType = None
@@ -186,8 +147,7 @@ class StreamingRequest(server.Request):
                 self.transport.bufferSize = readSize
         self.trailers = Headers()
         self._decoder = getattr(self.channel, "_transferDecoder", None)
-        router: BodyRouter = self.channel.site.bodyRouter
-        self.bodySink = router.sinkFor(self)
+        self.bodySink = self.channel.site.routes.sinkFor(self)
         self._bodyOpen = True
 
     def effectiveMethod(self) -> bytes:

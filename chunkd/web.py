@@ -1,14 +1,14 @@
 """
-The HTTP face: one Klein app on which every protocol installs its routes,
-the one place where L{UploadError}s become responses, CORS, and the Site
-that streams bodies (L{StreamingRequest}).
+The HTTP face: one Klein app on which every protocol's routes are
+declared (L{chunkd.routes}), the one place where L{UploadError}s become
+responses, CORS, and the Site that streams bodies (L{StreamingRequest}).
 """
 
 from __future__ import annotations
 
 import re
 import weakref
-from typing import Any, List, Optional, Protocol
+from typing import Any, List, Optional
 
 from klein import Klein
 from werkzeug.exceptions import HTTPException
@@ -19,21 +19,10 @@ from twisted.web.server import Site
 
 from chunkd.config import Config
 from chunkd.errors import UploadError, internalError
-from chunkd.streaming import BodyRouter, StreamingRequest
+from chunkd.routes import RouteTable
+from chunkd.streaming import StreamingRequest
 
 log = Logger()
-
-
-class UploadProtocol(Protocol):
-    """
-    A protocol chunkd speaks (tus, Resumable.js, ...): it adds its routes to
-    the app and mounts its body sinks on the router.
-    """
-
-    exposedHeaders: List[str]
-
-    def install(self, app: Klein, router: BodyRouter) -> None:
-        ...
 
 
 def header(request: Any, name: str) -> Optional[str]:
@@ -146,7 +135,7 @@ def renderError(request: Any, error: UploadError) -> bytes:
 
 class ChunkdSite(Site):
     """
-    The Site: streams bodies through C{bodyRouter}, adds CORS headers
+    The Site: streams bodies where C{routes} say, adds CORS headers
     before any route runs, never shows a traceback to a client, logs each
     request as a structured event, and can close down gracefully.
     """
@@ -155,15 +144,15 @@ class ChunkdSite(Site):
     accessLog = Logger(namespace="chunkd.access")
 
     def __init__(
-        self, app: Klein, router: BodyRouter, cors: Cors, timeout: float, metrics: Optional[Any] = None
+        self, routes: RouteTable, cors: Cors, timeout: float, metrics: Optional[Any] = None
     ) -> None:
         super().__init__(
-            app.resource(),
+            routes.app.resource(),
             requestFactory=StreamingRequest,
             timeout=timeout or None,
             parsePOSTFormSubmission=False,
         )
-        self.bodyRouter = router
+        self.routes = routes
         self.cors = cors
         self.metrics = metrics
         self.channels: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -251,16 +240,16 @@ class ChunkdSite(Site):
         return done
 
 
-def buildApp(protocols: List[UploadProtocol]) -> "tuple[Klein, BodyRouter, List[str]]":
+def buildRoutes(protocols: List[Any]) -> "tuple[RouteTable, List[str]]":
     """
-    One Klein app and body router with every protocol installed, plus the
-    error rendering every route shares.
+    One Klein app with every protocol's routes, the error rendering every
+    route shares, and the response headers browsers may read.
     """
     app = Klein()
-    router = BodyRouter()
+    routes = RouteTable(app)
     exposed: List[str] = []
     for protocol in protocols:
-        protocol.install(app, router)
+        routes.install(protocol)
         exposed.extend(protocol.exposedHeaders)
 
     @app.handle_errors(UploadError)
@@ -280,11 +269,10 @@ def buildApp(protocols: List[UploadProtocol]) -> "tuple[Klein, BodyRouter, List[
                     method=request.method, uri=request.uri)
         return renderError(request, internalError())
 
-    @app.route("/", branch=True, methods=["OPTIONS"])
     def preflight(request: Any) -> bytes:
         # CORS preflight anywhere; the headers come from Cors.decorate.
         request.setResponseCode(200)
         return b""
 
-    return app, router, exposed
-
+    app.route("/", branch=True, methods=["OPTIONS"], endpoint="cors:preflight")(preflight)
+    return routes, exposed

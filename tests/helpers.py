@@ -21,7 +21,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from chunkd.config import Config, loadConfig
 from chunkd.disk import DiskService
 from chunkd.store import UploadStore
-from chunkd.tap import buildSite
+from chunkd.app import buildSite
 
 
 class ServerTestCase(unittest.TestCase):

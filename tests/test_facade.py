@@ -18,8 +18,9 @@ from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
 
-from chunkd import facade as facadeModule
-from chunkd.facade import FacadeProtocol, mintToken
+from chunkd import hashes as hashesModule
+from chunkd.protocols.facade import FacadeProtocol
+from chunkd.tokens import mintToken
 from tests.helpers import ServerTestCase, deferLater, parseResponse, randomBytes, rawRequest
 
 OCTETS = "application/offset+octet-stream"
@@ -56,13 +57,11 @@ class FacadeTestCase(ServerTestCase):
 
     def facade(self) -> FacadeProtocol:
         """
-        The running facade (its sink factory is a bound method on it), for
-        the few facts no HTTP answer shows.
+        The running facade, for the few facts no HTTP answer shows.
         """
-        for _, factory in self.site.bodyRouter._mounts:
-            owner = getattr(factory, "__self__", None)
-            if isinstance(owner, FacadeProtocol):
-                return owner
+        owner = self.site.routes.protocols.get("facade")
+        if isinstance(owner, FacadeProtocol):
+            return owner
         raise AssertionError("no facade mounted")
 
     @defer.inlineCallbacks
@@ -157,7 +156,7 @@ class FacadeTestCase(ServerTestCase):
         return sorted(os.listdir(self.completeDir()))
 
     def published(self, uploadId: str) -> str:
-        return self.store.get(uploadId).extra["path"]
+        return self.store.get(uploadId).published.path
 
     def offsetOf(self, uploadId: str) -> int:
         return self.store.get(uploadId).offset
@@ -811,13 +810,13 @@ class RestartTests(FacadeTestCase):
         uploadId, token = yield self.upload(data, chunk=1024 * 1024, multipart=True)
         yield self.restart()
         threads: List[str] = []
-        realHash = facadeModule.sha256OfFile
+        realHash = hashesModule.sha256OfFile
 
         def watchedHash(path: str, length: int) -> str:
             threads.append(threading.current_thread().name)
             return realHash(path, length)
 
-        self.patch(facadeModule, "sha256OfFile", watchedHash)
+        self.patch(hashesModule, "sha256OfFile", watchedHash)
         r = yield self.finalize(uploadId, "after-restart.mp4", token)
         self.assertEqual(r.code, 200, r.body_)
         self.assertEqual(json.loads(r.body_)["checksum"], sha256(data))
@@ -841,7 +840,7 @@ class RestartTests(FacadeTestCase):
         real = UploadStore.update
 
         def failRecording(store: UploadStore, upload: str, mutate: Any) -> Any:
-            if getattr(mutate, "__name__", "") == "mutate":
+            if getattr(mutate, "__name__", "") == "recordPublication":
                 return defer.fail(OSError(errno.EIO, "I/O error"))
             return real(store, upload, mutate)
 
@@ -856,8 +855,8 @@ class RestartTests(FacadeTestCase):
         answer = json.loads(r.body_)
         self.assertEqual((answer["checksum"], answer["size"]), (sha256(data), len(data)))
         record = self.store.get(uploadId)
-        self.assertEqual((record.state, os.path.basename(record.extra["path"])), ("complete", "clip.mp4"))
-        published = [n for n in os.listdir(os.path.dirname(record.extra["path"])) if not n.endswith(".json")]
+        self.assertEqual((record.state, os.path.basename(record.published.path)), ("complete", "clip.mp4"))
+        published = [n for n in os.listdir(os.path.dirname(record.published.path)) if not n.endswith(".json")]
         self.assertEqual(published, ["clip.mp4"])
         again = yield self.finalize(uploadId, "clip.mp4", token)
         self.assertEqual(again.body_, r.body_)
@@ -918,7 +917,7 @@ class ReloadTests(FacadeTestCase):
 
         facade = self.facade()
         uploads = replace(self.config.uploads, min_free_space=2**60, issue_tokens=False)
-        facade.config = replace(self.config, uploads=uploads)
+        facade.reconfigure(replace(self.config, uploads=uploads))
         r = yield self.request("GET", "/health")
         self.assertEqual(r.code, 503)
         r = yield self.create(5)

@@ -27,7 +27,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from chunkd.complete import CompletedFiles
-from chunkd.resumable import (
+from chunkd.protocols.resumable import (
     FLOW,
     RESUMABLE,
     ChunkProtocol,
@@ -220,8 +220,8 @@ class ChunkTestCase(ServerTestCase):
         self.assertEqual(record.state, COMPLETE)
         self.assertEqual(record.length, len(f.data))
         # Where webhooks and start-up reconciliation look for them:
-        self.assertEqual(record.extra["path"], os.path.join(self.completedDir(), record.id))
-        self.assertEqual(record.extra["sha256"], info["sha256"])
+        self.assertEqual(record.published.path, os.path.join(self.completedDir(), record.id))
+        self.assertEqual(record.published.sha256, info["sha256"])
         return info
 
     def assertNothingStored(self) -> None:
@@ -607,8 +607,8 @@ class EventTests(ChunkTestCase):
         heard: List[Tuple[str, str, Any, Any, bool]] = []
 
         def listen(event: str, record: Any) -> None:
-            path = record.extra.get("path")
-            heard.append((event, record.id, path, record.extra.get("sha256"),
+            path = record.published.path if record.published else None
+            heard.append((event, record.id, path, record.published.sha256 if record.published else None,
                           bool(path) and os.path.exists(path + ".json")))
 
         self.store.events.subscribe(listen)
@@ -980,7 +980,7 @@ class CrashRecoveryTests(ChunkTestCase):
         failed: List[str] = []
 
         def failOnce(store: UploadStore, uploadId: str, mutate: Any) -> Any:
-            if not failed and getattr(mutate, "__name__", "") == "<lambda>":
+            if not failed and getattr(mutate, "__name__", "") == "recordPublication":
                 failed.append(uploadId)
                 return defer.fail(OSError(errno.ENOSPC, "No space left on device"))
             return real(store, uploadId, mutate)

@@ -15,9 +15,9 @@ Resumable.js repeats them in the query string of a multipart request,
 flow.js sends them only as form fields before the file part.  L{Dialect}
 holds the difference; L{ChunkProtocol} is mounted once per dialect.
 
-Like L{chunkd.tus}, requests with a body are decided in
-L{ChunkProtocol.bodySink} when their headers end, and the routes only format
-what the sink recorded.
+Like tus, requests with a body are decided by their route's body factory
+(L{ChunkProtocol.chunkSink}) when their headers end, and written through the
+upload layer; the routes only format what was recorded.
 
 Identity: an upload's id is a hash of the dialect and the client's
 identifier, so every chunk of a file finds the same upload without any
@@ -26,10 +26,11 @@ metadata (raw for display, sanitized for use).
 
 Completion happens exactly once per upload: whoever records the last chunk
 takes the upload's exclusive lock (which waits for every chunk writer still
-holding the shared one), hashes the file in the disk pool, moves it into the
-completed area as C{<upload id>} with a JSON sidecar, and marks the record.
-Later chunks and tests of a completed upload are answered 200 without
-touching any file.
+holding the shared one) and publishes it (L{chunkd.publish}) as
+C{<upload id>} in the completed area.  The running sha256 takes in the run
+of stored chunks at the front of the file while later chunks arrive, so
+publishing hashes only what is left.  Later chunks and tests of a completed
+upload are answered 200 without touching any file.
 """
 
 from __future__ import annotations
@@ -40,33 +41,30 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import unquote_to_bytes
 
-from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from chunkd.complete import CompletedFiles, sanitizeFilename
+from chunkd.complete import sanitizeFilename
 from chunkd.config import Config
-from chunkd.disk import DiskService
 from chunkd.errors import (
-    dataGone,
-    diskError,
     BadRequest,
     ServiceUnavailable,
-    UploadError,
     UploadGone,
     UploadLocked,
     UploadNotFound,
+    diskError,
 )
-from chunkd.once import SharedWork
 from chunkd.multipart import MultipartSink, boundaryOf
-from chunkd.sinks import BodyOutcome, FileSink, LateSink, RecordSink
-from chunkd.store import ACTIVE, COMPLETE, EXPIRED, TERMINATED, OpenUpload, UploadRecord, UploadStore
-from chunkd.streaming import BodyRouter, BodySink, StreamingRequest
+from chunkd.once import SharedWork
+from chunkd.routes import Route
+from chunkd.sinks import BodyOutcome, LateSink, MappedSink, RecordSink
+from chunkd.store import EXPIRED, TERMINATED, OpenUpload, UploadRecord
+from chunkd.streaming import BodySink, StreamingRequest
+from chunkd.uploads import UploadService, WritePlan
 from chunkd.web import header, setHeader
 
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
@@ -288,6 +286,21 @@ def sanitizeRelativePath(path: str, fallback: str) -> str:
 # -- the chunk map --------------------------------------------------------------
 
 
+def storedEnd(record: UploadRecord) -> int:
+    """
+    Where the run of stored chunks at the front of the file ends: the
+    bytes the running hash may take in now.
+    """
+    chunks = ChunkMap.of(record)
+    size = record.extra["chunkSize"]
+    number = 1
+    while number <= chunks.count and chunks.has(number):
+        number += 1
+    if number > chunks.count:
+        return int(record.extra["totalSize"])
+    return (number - 1) * size
+
+
 class ChunkMap:
     """
     Which chunks of an upload are durably stored: one bit per chunk, kept
@@ -319,48 +332,6 @@ class ChunkMap:
     @property
     def full(self) -> bool:
         return self.stored() == self.count
-
-
-class PrefixHash:
-    """
-    The sha256 of an upload's leading stored chunks, advanced in the disk
-    pool while later chunks still arrive, so completion hashes only what is
-    left (usually nothing) instead of reading the whole file again before
-    the last chunk's answer.  It lives in memory only: after a restart, or
-    in another process, completion hashes from wherever it stands.
-
-    @ivar offset: bytes from the start of the file already in C{digest}.
-    @ivar running: the hashing job in flight, if any.
-    """
-
-    #: prefixes kept at most; the oldest (an abandoned upload) goes first
-    limit = 10000
-
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self.offset = 0
-        self.running: Optional[Deferred[Any]] = None
-        self.again = False
-
-    @staticmethod
-    def end(record: UploadRecord, start: int) -> int:
-        """
-        Where the run of stored chunks that includes byte C{start} ends.
-        """
-        chunks = ChunkMap.of(record)
-        size = record.extra["chunkSize"]
-        number = start // size + 1
-        while number <= chunks.count and chunks.has(number):
-            number += 1
-        if number > chunks.count:
-            return record.extra["totalSize"]
-        return (number - 1) * size
-
-    def hashRange(self, path: str, end: int) -> None:
-        # Runs in the disk pool; one job per prefix at a time.
-        with open(path, "rb", buffering=0) as f:
-            f.seek(self.offset)
-            _hashInto(f, self.digest, end - self.offset)
 
 
 @dataclass
@@ -400,38 +371,32 @@ class ChunkProtocol:
     lockWait = 120.0
     creationWait = 10.0
 
-    def __init__(self, config: Config, store: UploadStore, disk: DiskService, dialect: Dialect) -> None:
+    def __init__(self, config: Config, uploads: UploadService, dialect: Dialect) -> None:
         self.config = config
-        self.store = store
-        self.disk = disk
+        self.uploads = uploads
+        self.store = uploads.store
+        self.disk = uploads.disk
+        self.publisher = uploads.publisher
         self.dialect = dialect
+        self.name = dialect.name
         # The mount is fixed once routes are installed; every other setting
         # is read from self.config per request, so a reloaded config applies.
         self.mount: str = getattr(config, dialect.name).path
-        #: the completed-files area, made when the first upload completes
-        self.completedDirectory = os.path.abspath(
-            config.complete.directory or os.path.join(config.storage.directory, "complete")
-        )
-        self._completed: Optional[CompletedFiles] = None
         self._creating: SharedWork[UploadRecord] = SharedWork()
         self._finishing: SharedWork[UploadRecord] = SharedWork()
-        self._prefixes: Dict[str, PrefixHash] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
 
     # -- wiring --------------------------------------------------------------
 
-    def install(self, app: Klein, router: BodyRouter) -> None:
-        router.mount(self.mount, self.bodySink)
-        # Klein names an endpoint after its function unless told otherwise,
-        # and both dialects install the same methods: name them apart.
-        routes = (("GET", self.testChunk), ("POST", self.chunkStored),
-                  ("PUT", self.chunkStored), ("OPTIONS", self.options))
+    def routes(self) -> Sequence[Route]:
+        routes: List[Route] = []
         for path in (self.mount, self.mount + "/"):
-            for method, handler in routes:
-                endpoint = f"{self.dialect.name}:{method}:{path}"
-                app.route(path, methods=[method], endpoint=endpoint)(handler)
-
-    def _isEndpoint(self, request: StreamingRequest) -> bool:
-        return request.path.decode("latin-1").rstrip("/") == self.mount
+            routes.append(Route(path, ("GET",), self.testChunk))
+            routes.append(Route(path, ("POST", "PUT"), self.chunkStored, body=self.chunkSink))
+            routes.append(Route(path, ("OPTIONS",), self.options))
+        return routes
 
     def _section(self) -> Any:
         return getattr(self.config, self.dialect.name)
@@ -441,16 +406,14 @@ class ChunkProtocol:
 
     # -- chunk uploads: decided when the headers end --------------------------------
 
-    def bodySink(self, request: StreamingRequest) -> Optional[BodySink]:
+    def chunkSink(self, request: StreamingRequest) -> Optional[BodySink]:
         """
-        Choose where a chunk's body goes (the L{BodyRouter} calls this at the
-        end of the headers).  A C{multipart/form-data} body carries the
+        Choose where a chunk's body goes (its route calls this at the end
+        of the headers).  A C{multipart/form-data} body carries the
         chunk in its file part, whose parameters are known once the fields
         before it are; any other body is the chunk itself (C{octet} mode),
         with the parameters in the query string.
         """
-        if request.method not in (b"POST", b"PUT") or not self._isEndpoint(request):
-            return None
         query = queryParams(request.uri)
         contentType = header(request, "content-type")
         if (contentType or "").split(";")[0].strip().lower() == "multipart/form-data":
@@ -488,7 +451,7 @@ class ChunkProtocol:
             if record is None:
                 record = await self._create(chunk)
             self._checkAgrees(record, chunk)
-            if self._published(record):
+            if record.published is not None:
                 return RecordSink(ChunkAnswer(record.id, chunk.number, True))
             chunks = ChunkMap.of(record)
             if chunks.has(chunk.number):
@@ -498,7 +461,7 @@ class ChunkProtocol:
                     complete = True
                 return RecordSink(ChunkAnswer(record.id, chunk.number, complete))
             if record.expires is not None and record.expires <= self.store.clock():
-                await self.store.update(record.id, self._refreshExpiry)
+                await self.store.update(record.id, self.uploads.refreshExpiry)
             try:
                 upload = self.store.openShared(record.id)
             except UploadLocked:
@@ -512,48 +475,40 @@ class ChunkProtocol:
         raise ServiceUnavailable("the upload is busy; try again")
 
     def _chunkWriter(self, request: StreamingRequest, upload: OpenUpload, chunk: ChunkRequest) -> BodySink:
-        writer = self.disk.writer(
-            upload.fd,
-            chunk.offset,
-            self.config.disk.high_water,
-            self.config.disk.low_water,
-            producer=request.transport,
-        )
-
-        def finish(outcome: BodyOutcome) -> Deferred[ChunkAnswer]:
-            return Deferred.fromCoroutine(self._recordChunk(upload, chunk, outcome))
-
-        return FileSink(writer, chunk.currentSize, finish)
-
-    async def _recordChunk(self, upload: OpenUpload, chunk: ChunkRequest, outcome: BodyOutcome) -> ChunkAnswer:
         """
-        Record a chunk whose body has ended, once its bytes are durable --
-        only if every byte of it arrived.  Then complete the upload if this
-        was its last missing chunk.
+        The chunk's bytes, through the upload layer, at the chunk's offset;
+        recorded only if every byte of it arrived.  Then complete the
+        upload if this was its last missing chunk.
         """
-        try:
-            _checkOutcome(outcome, chunk)
-            number = chunk.number
+        number = chunk.number
 
+        def recorded(end: int) -> Callable[[UploadRecord], None]:
             def markStored(record: UploadRecord) -> None:
                 chunks = ChunkMap.of(record)
                 chunks.add(number)
                 record.extra["chunkMap"] = chunks.encode()
-                self._refreshExpiry(record)
+                self.uploads.refreshExpiry(record)
 
-            try:
-                record = await self.store.commit(upload, markStored)
-            except OSError as e:
-                raise diskError(e) from None
-        finally:
-            # Release the shared lock before completing: completion takes
-            # the exclusive one.
-            upload.close()
-        if ChunkMap.of(record).full and not self._published(record):
+            return markStored
+
+        plan = WritePlan(
+            chunk.offset, chunk.currentSize, recorded,
+            overflow=BadRequest(f"the chunk is longer than its {chunk.currentSize} bytes"),
+            verify=lambda outcome: _checkWhole(outcome, chunk),
+        )
+        # The body may be multipart, larger than its chunk: the chunk's own
+        # size was checked against an octet body's length already.
+        sink = self.uploads.write(upload, plan, request.transport, None)
+        return MappedSink(sink, lambda record: Deferred.fromCoroutine(self._afterChunk(record, chunk)))
+
+    async def _afterChunk(self, record: UploadRecord, chunk: ChunkRequest) -> ChunkAnswer:
+        # The shared lock is released by now: completion takes the
+        # exclusive one.
+        if ChunkMap.of(record).full and record.published is None:
             await self._finish(record.id)
             return ChunkAnswer(record.id, chunk.number, True)
-        self._advancePrefix(record)
-        return ChunkAnswer(record.id, chunk.number, self._published(record))
+        self.uploads.hashes.catchUp(record.id, self.store.dataPath(record.id), storedEnd(record))
+        return ChunkAnswer(record.id, chunk.number, record.published is not None)
 
     # -- finding and creating uploads -------------------------------------------------
 
@@ -568,7 +523,7 @@ class ChunkProtocol:
             record = self.store.get(uploadId)
         except UploadNotFound:
             return None
-        if record.state in (TERMINATED, EXPIRED) and not self._published(record):
+        if record.state in (TERMINATED, EXPIRED) and record.published is None:
             return None
         return record
 
@@ -584,10 +539,9 @@ class ChunkProtocol:
             # An empty file gets its length only when it is published: the
             # store would otherwise call a 0-byte upload complete (and tell
             # its listeners) before its file reached the completed area.
-            record = await self.store.create(
+            record = await self.uploads.create(
                 self.dialect.name,
                 chunk.totalSize or None,
-                self.config.janitor.expire_after,
                 metadata=_metadataOf(chunk),
                 extra={
                     "totalSize": chunk.totalSize,
@@ -606,7 +560,7 @@ class ChunkProtocol:
             # record follows as soon as the space is allocated.
             return await self._awaitRecord(chunk)
         except OSError as e:
-            raise diskError(e) from None
+            raise diskError(e, "creating the upload") from None
         self.log.info(
             "{protocol} upload {uploadId} created: {size} bytes in {chunks} chunks",
             protocol=self.dialect.name, uploadId=record.id, size=chunk.totalSize,
@@ -650,38 +604,7 @@ class ChunkProtocol:
             if recorded != sent:
                 raise BadRequest(f"{name} differs from this upload's first chunk")
 
-    def _refreshExpiry(self, record: UploadRecord) -> None:
-        # Runs in the disk pool, under the record lock.  Also revives an
-        # upload whose expiry passed before the janitor took it: a chunk
-        # arriving proves its client is still there.
-        expireAfter = self.config.janitor.expire_after
-        if record.state == ACTIVE and expireAfter:
-            record.expires = self.store.clock() + expireAfter
-
     # -- completion --------------------------------------------------------------------
-
-    def _published(self, record: UploadRecord) -> bool:
-        """
-        Whether the upload's file was handed to the completed area: the
-        record says so, or -- when a crash came between the two -- the
-        sidecar in the completed area names this very upload.
-        """
-        if record.extra.get("completed"):
-            return True
-        if record.state in (TERMINATED, EXPIRED):
-            return self._sidecarOf(record) is not None
-        return False
-
-    def _sidecarOf(self, record: UploadRecord) -> Optional[Dict[str, Any]]:
-        path = os.path.join(self.completedDirectory, record.id + ".json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            return None
-        if info.get("uploadId") == record.id and info.get("created") == record.created:
-            return info
-        return None
 
     def _finish(self, uploadId: str) -> Deferred[UploadRecord]:
         """
@@ -690,81 +613,32 @@ class ChunkProtocol:
         """
         return self._finishing.run(uploadId, lambda: Deferred.fromCoroutine(self._finishNow(uploadId)))
 
-    def _advancePrefix(self, record: UploadRecord) -> None:
-        """
-        Hash newly contiguous chunks at the front of the file, in the disk
-        pool, one job per upload at a time.
-        """
-        prefix = self._prefixes.get(record.id)
-        if prefix is None:
-            if len(self._prefixes) >= PrefixHash.limit:
-                self._prefixes.pop(next(iter(self._prefixes)))
-            prefix = self._prefixes[record.id] = PrefixHash()
-        if prefix.running is not None:
-            prefix.again = True
-            return
-        end = PrefixHash.end(record, prefix.offset)
-        if end <= prefix.offset:
-            return
-        uploadId = record.id
-
-        def done(result: Any) -> None:
-            prefix.running = None
-            if isinstance(result, Failure):
-                # Half-hashed: useless.  Completion hashes the whole file.
-                prefix.digest, prefix.offset = hashlib.sha256(), 0
-                self._prefixes.pop(uploadId, None)
-                return
-            prefix.offset = end
-            if self._prefixes.get(uploadId) is not prefix:
-                return  # completion took it over
-            if prefix.again:
-                prefix.again = False
-                try:
-                    self._advancePrefix(self.store.get(uploadId))
-                except UploadError:
-                    del self._prefixes[uploadId]
-
-        prefix.running = self.disk.run(prefix.hashRange, self.store.dataPath(uploadId), end)
-        prefix.running.addBoth(done)
-
     async def _finishNow(self, uploadId: str) -> UploadRecord:
         try:
             upload = await self._lockExclusive(uploadId)
         except UploadGone:
             # The data file has left: published by another process, or by
             # a run cut short before its record said so.
-            return await self._adoptPublication(uploadId)
+            return await self.publisher.adopt(self.store.get(uploadId))
         try:
             # Re-read under the lock: another process may have finished it.
             record = self.store.get(uploadId)
-            if record.extra.get("completed") or not ChunkMap.of(record).full:
+            if record.published is not None or not ChunkMap.of(record).full:
                 return record
-            prefix = self._prefixes.pop(uploadId, None)
-            if prefix is not None and prefix.running is not None:
-                await prefix.running
-            try:
-                info = await self.disk.run(self._publishNow, record, prefix)
-                record = await self.store.update(uploadId, lambda r: _markComplete(r, info))
-            except OSError as e:
-                raise diskError(e) from None
+            extra = record.extra
+            filename = sanitizeFilename(extra["filename"], record.id)
+            return await self.publisher.publish(
+                upload, record.id, extra["totalSize"], extra["filename"],
+                {
+                    "identifier": extra["identifier"],
+                    "filename": filename,
+                    "relativePath": sanitizeRelativePath(extra["relativePath"], filename),
+                    "clientRelativePath": extra["relativePath"],
+                    "type": extra.get("type") or None,
+                },
+            )
         finally:
             upload.close()
-        self.log.info(
-            "{protocol} upload {uploadId} complete: {size} bytes, sha256 {sha256}, at {path}",
-            protocol=self.dialect.name, uploadId=uploadId, size=info["size"],
-            sha256=info["sha256"], path=info["path"],
-        )
-        return record
-
-    async def _adoptPublication(self, uploadId: str) -> UploadRecord:
-        record = self.store.get(uploadId)
-        if record.extra.get("completed"):
-            return record
-        info = self._sidecarOf(record)
-        if info is None:
-            raise dataGone()
-        return await self.store.update(uploadId, lambda r: _markComplete(r, info))
 
     async def _lockExclusive(self, uploadId: str) -> OpenUpload:
         """
@@ -781,40 +655,6 @@ class ChunkProtocol:
             await deferLater(self.disk.reactor, self.lockPoll, lambda: None)
             waited += self.lockPoll
 
-    def _publishNow(self, record: UploadRecord, prefix: Optional[PrefixHash] = None) -> Dict[str, Any]:
-        """
-        Hash the finished file -- what C{prefix} has not hashed yet -- and
-        move it into the completed area with its sidecar.  Runs in the disk
-        pool.
-        """
-        recovered = self._sidecarOf(record)
-        if recovered is not None:
-            return recovered  # published before a crash; only the record lags
-        if self._completed is None:
-            self._completed = CompletedFiles(self.completedDirectory)
-        source = self.store.dataPath(record.id)
-        target = os.path.join(self.completedDirectory, record.id)
-        if os.path.exists(target) and os.path.samefile(source, target):
-            os.unlink(target)  # our own link from a publication cut short
-        size, sha256 = _hashFile(source, prefix)
-        extra = record.extra
-        info = {
-            "uploadId": record.id,
-            "protocol": self.dialect.name,
-            "created": record.created,
-            "completedAt": self.store.clock(),
-            "size": size,
-            "sha256": sha256,
-            "identifier": extra["identifier"],
-            "filename": sanitizeFilename(extra["filename"], record.id),
-            "relativePath": sanitizeRelativePath(extra["relativePath"], sanitizeFilename(extra["filename"], record.id)),
-            "clientFilename": extra["filename"],
-            "clientRelativePath": extra["relativePath"],
-            "type": extra.get("type") or None,
-        }
-        path = self._completed.publish(source, record.id, info, durable=self.store.durable)
-        return dict(info, path=path, name=os.path.basename(path))
-
     # -- routes ----------------------------------------------------------------------------
 
     async def testChunk(self, request: Any) -> bytes:
@@ -827,7 +667,7 @@ class ChunkProtocol:
         record = self._lookup(chunk.uploadId)
         if record is not None:
             self._checkAgrees(record, chunk)
-            complete = self._published(record)
+            complete = record.published is not None
             chunks = ChunkMap.of(record)
             if complete or chunks.has(chunk.number):
                 if not complete and chunks.full:
@@ -860,40 +700,17 @@ class ChunkProtocol:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _checkOutcome(outcome: BodyOutcome, chunk: ChunkRequest) -> None:
+def _checkWhole(outcome: BodyOutcome, chunk: ChunkRequest) -> None:
     """
-    Refuse to record a chunk unless its whole body, and nothing more,
-    reached the file.
+    A chunk counts only if its whole body, and nothing more, reached the
+    file (the upload layer has refused disk errors and overflows).
     """
-    if outcome.error is not None:
-        error = outcome.error
-        raise diskError(error)
     if not outcome.complete:
         raise BadRequest("the chunk was cut off")
-    if outcome.overflow:
-        raise BadRequest(f"the chunk is longer than its {chunk.currentSize} bytes")
     if outcome.written != chunk.currentSize:
         raise BadRequest(
             f"the chunk brought {outcome.written} bytes, not its {chunk.currentSize}"
         )
-
-
-def _markComplete(record: UploadRecord, info: Mapping[str, Any]) -> None:
-    """
-    Record a publication.  C{extra["path"]} and C{extra["sha256"]} are where
-    every protocol keeps them: the store takes C{path} as the sign that a
-    complete upload's data lives in the completed area (so start-up
-    reconciliation does not mistake it for lost data), and webhooks report
-    both.
-    """
-    record.state = COMPLETE
-    record.expires = None
-    record.length = record.extra["totalSize"]
-    record.extra["path"] = info["path"]
-    record.extra["sha256"] = info["sha256"]
-    record.extra["completed"] = {
-        k: info[k] for k in ("path", "name", "size", "sha256", "completedAt")
-    }
 
 
 def _metadataOf(chunk: ChunkRequest) -> Dict[str, Optional[str]]:
@@ -909,43 +726,12 @@ def _metadataOf(chunk: ChunkRequest) -> Dict[str, Optional[str]]:
     }
 
 
-def _hashFile(path: str, prefix: Optional[PrefixHash] = None) -> Tuple[int, str]:
-    """
-    Size and sha256 of a file, continuing C{prefix} when given.
-    """
-    digest = prefix.digest if prefix is not None else hashlib.sha256()
-    start = prefix.offset if prefix is not None else 0
-    with open(path, "rb", buffering=0) as f:
-        f.seek(start)
-        size = start + _hashInto(f, digest, None)
-    return size, digest.hexdigest()
-
-
-def _hashInto(f: Any, digest: Any, limit: Optional[int]) -> int:
-    """
-    Feed C{digest} from C{f} in 1 MiB blocks read into one reused buffer
-    (hashlib drops the GIL for blocks this size, so the reactor runs on);
-    at most C{limit} bytes, or to the end.  Returns the bytes read.
-    """
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
-    done = 0
-    while limit is None or done < limit:
-        want = len(buffer) if limit is None else min(len(buffer), limit - done)
-        n = f.readinto(view[:want])
-        if not n:
-            break
-        digest.update(view[:n])
-        done += n
-    return done
-
-
-def chunkProtocols(config: Config, store: UploadStore, disk: DiskService) -> List[ChunkProtocol]:
+def chunkProtocols(config: Config, uploads: UploadService) -> List[ChunkProtocol]:
     """
     The enabled dialects, ready to install.
     """
     return [
-        ChunkProtocol(config, store, disk, dialect)
+        ChunkProtocol(config, uploads, dialect)
         for dialect in (RESUMABLE, FLOW)
         if getattr(config, dialect.name).enabled
     ]

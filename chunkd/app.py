@@ -1,0 +1,99 @@
+"""
+One chunkd, built from a config: the store's companions (running hashes,
+publisher, upload layer), the protocols, the route table, the metrics and
+the Site -- what a test serves on port 0, and what the tap wraps in
+services.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.logger import Logger
+
+from chunkd.config import Config
+from chunkd.disk import DiskService
+from chunkd.metrics import Metrics, MetricsEndpoint
+from chunkd.protocols.facade import FacadeProtocol
+from chunkd.protocols.resumable import chunkProtocols
+from chunkd.protocols.tus import TusProtocol
+from chunkd.publish import Publisher
+from chunkd.store import UploadRecord, UploadStore
+from chunkd.uploads import UploadService
+from chunkd.web import ChunkdSite, Cors, buildRoutes
+
+
+def buildProtocols(config: Config, uploads: UploadService) -> List[Any]:
+    """
+    The enabled protocols, each at its configured path.
+    """
+    protocols: List[Any] = []
+    if config.tus.enabled:
+        protocols.append(TusProtocol(config, uploads))
+    if config.uploads.enabled:
+        protocols.append(FacadeProtocol(config, uploads))
+    # Resumable.js at resumable.path and flow.js at flow.path, each if enabled.
+    protocols.extend(chunkProtocols(config, uploads))
+    return protocols
+
+
+class Chunkd:
+    """
+    One chunkd over one store.
+    """
+
+    def __init__(self, config: Config, store: UploadStore, disk: DiskService) -> None:
+        self.config = config
+        self.store = store
+        self.disk = disk
+        self.publisher = Publisher(store, disk, config.completeDirectory)
+        self.uploads = UploadService(config, store, disk, self.publisher)
+        self.protocols = buildProtocols(config, self.uploads)
+        self.metrics: Optional[Metrics] = None
+        installed: List[Any] = list(self.protocols)
+        if config.metrics.enabled:
+            self.metrics = Metrics(config, store, disk)
+            installed.append(MetricsEndpoint(self.metrics, config.metrics.path))
+        self.routes, self.exposed = buildRoutes(installed)
+        self.installed = installed
+        self.site = ChunkdSite(self.routes, Cors(config, self.exposed), config.network.idle_timeout,
+                               self.metrics)
+        self._applyTuning(config)
+        store.events.subscribe(logUploadEvent)
+
+    def _applyTuning(self, config: Config) -> None:
+        self.disk.minBatch = config.disk.min_batch
+        self.site.readSize = config.disk.read_size
+        self.site.logEveryRequest = config.log_level == "debug"
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Take a reloaded config: the upload layer and the protocols read it
+        per request, CORS and the idle timeout apply to new requests and
+        connections.
+        """
+        self.config = config
+        self.uploads.reconfigure(config)
+        for protocol in self.installed:
+            protocol.reconfigure(config)
+        self.site.cors = Cors(config, self.exposed)
+        self.site.timeOut = config.network.idle_timeout or None
+        self._applyTuning(config)
+
+
+def buildSite(config: Config, store: UploadStore, disk: DiskService) -> ChunkdSite:
+    """
+    The Site serving every enabled protocol (tests use it on port 0).
+    """
+    return Chunkd(config, store, disk).site
+
+
+def logUploadEvent(event: str, record: UploadRecord) -> None:
+    """
+    One log line per step of an upload's life (not per request).
+    """
+    _uploadLog.info("upload {uploadId} ({protocol}, {size} bytes): {event}",
+                    uploadId=record.id, protocol=record.protocol, size=record.length, event=event)
+
+
+_uploadLog = Logger(namespace="chunkd.uploads")

@@ -1,0 +1,143 @@
+"""
+One route declaration per endpoint, used twice: when the headers end, to
+choose where the body goes, and when the body has ended, to render the
+answer.
+
+A protocol lists its endpoints as L{Route}s.  L{RouteTable} registers each
+on the one Klein app (under an endpoint name made from the protocol, the
+methods and the path, so no two can clash) and keeps the route's body
+factory under the same name.  At the end of the headers it matches the
+request against Klein's own C{url_map} -- the very rules Klein will render
+with -- so a body's sink and the route that answers can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from urllib.parse import unquote
+
+from klein import Klein
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
+
+from chunkd.config import Config
+from chunkd.errors import UploadError, internalError
+from chunkd.streaming import BodySink, BoundedBody, DiscardBody
+
+log = Logger()
+
+#: a route's body factory: the request and the path's arguments -> a sink,
+#: or C{None} to leave a small body to the default bounded sink.
+BodyFactory = Callable[..., Optional[BodySink]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """
+    One endpoint: a Klein path pattern, its methods, the handler that
+    answers, and -- for requests whose body carries upload bytes -- the
+    factory that decides, when the headers end, where the body goes.
+
+    @ivar label: the protocol label metrics use (default: the protocol's).
+    """
+
+    path: str
+    methods: Tuple[str, ...]
+    render: Callable[..., Any]
+    body: Optional[BodyFactory] = None
+    label: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """
+    The route a request matched, kept on the request (typed state, set
+    when its headers end).
+    """
+
+    protocol: str
+    endpoint: str
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+class UploadProtocol(Protocol):
+    """
+    A protocol chunkd speaks: its name (upload records' and metrics'), its
+    endpoints, the response headers browsers may read, and how it takes a
+    reloaded config.
+    """
+
+    name: str
+    exposedHeaders: List[str]
+
+    def routes(self) -> Sequence[Route]:
+        ...
+
+    def reconfigure(self, config: Config) -> None:
+        ...
+
+
+class RouteTable:
+    """
+    Every protocol's routes on one Klein app, and the body routing that
+    follows from them.
+    """
+
+    smallBodyLimit = 64 * 1024
+
+    def __init__(self, app: Klein) -> None:
+        self.app = app
+        self._bodies: Dict[str, Tuple[str, Optional[BodyFactory]]] = {}
+        self._adapter: Any = None
+        #: the installed protocols by name
+        self.protocols: Dict[str, Any] = {}
+
+    def install(self, protocol: Any) -> None:
+        """Add every route of C{protocol}."""
+        self.protocols[protocol.name] = protocol
+        for route in protocol.routes():
+            self.add(protocol.name, route)
+
+    def add(self, protocol: str, route: Route) -> None:
+        endpoint = f"{protocol}:{','.join(route.methods)}:{route.path}"
+        self.app.route(route.path, methods=list(route.methods), endpoint=endpoint)(route.render)
+        self._bodies[endpoint] = (route.label or protocol, route.body)
+        self._adapter = None
+
+    def match(self, method: bytes, path: bytes) -> Optional[Tuple[RouteMatch, Optional[BodyFactory]]]:
+        """
+        The route Klein will render C{method} C{path} with, if any.
+        """
+        if self._adapter is None:
+            self._adapter = self.app.url_map.bind("chunkd", "/")
+        try:
+            pathInfo = unquote(path.decode("latin-1"), errors="strict")
+            endpoint, args = self._adapter.match(pathInfo, method.decode("latin-1"))
+        except (HTTPException, RequestRedirect, UnicodeError):
+            return None
+        label, body = self._bodies.get(endpoint, ("other", None))
+        return RouteMatch(label, endpoint, args), body
+
+    def sinkFor(self, request: Any) -> BodySink:
+        """
+        Where C{request}'s body goes (called when its headers end): the
+        matched route's body factory decides; any other body is small or
+        refused (L{BoundedBody}).  Errors raised deciding are answered once
+        the body has been discarded.
+        """
+        found = self.match(request.method, request.path)
+        request.route = found[0] if found is not None else None
+        if found is None or found[1] is None:
+            return BoundedBody(self.smallBodyLimit)
+        match, factory = found
+        assert factory is not None
+        try:
+            sink = factory(request, **match.args)
+        except UploadError as e:
+            return DiscardBody(e)
+        except Exception:
+            log.failure("choosing a body sink for {uri}", uri=request.uri)
+            return DiscardBody(internalError())
+        return sink if sink is not None else BoundedBody(self.smallBodyLimit)

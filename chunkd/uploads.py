@@ -1,0 +1,368 @@
+"""
+The upload layer: what every protocol does to an upload, written once.
+
+Protocol modules (L{chunkd.protocols}) translate HTTP into calls here and
+the results back into answers; this layer knows no header, path or status
+line.  It owns:
+
+  - finding an upload (another protocol's upload does not exist for this
+    one) and creating one (limits, expiry, the pre-create hook and events,
+    through the store);
+  - L{UploadService.write}: one request body into one upload -- the lock
+    the caller took, the limit, digests fed in the disk thread, offset
+    checkpoints while a long body streams, the whole-or-partial policy,
+    the one disk-error map, the commit that records only durable bytes, and
+    the release of the lock whatever happens;
+  - the record updates protocols share: a sequential offset advanced, an
+    expiry refreshed;
+  - termination.
+
+Publishing a finished upload is L{chunkd.publish.Publisher}'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chunkd.config import Config
+from chunkd.disk import DiskService
+from chunkd.errors import (
+    ChecksumMismatch,
+    OffsetMismatch,
+    TooLarge,
+    UploadError,
+    diskError,
+    noSuchUpload,
+)
+from chunkd.once import OneShotResult
+from chunkd.publish import Publisher
+from chunkd.sinks import BodyOutcome, FileSink
+from chunkd.store import ACTIVE, COMPLETE, OpenUpload, UploadRecord, UploadStore
+
+Mutation = Callable[[UploadRecord], None]
+Verifier = Callable[[BodyOutcome], Union[None, "Deferred[None]", Awaitable[None]]]
+
+
+@dataclass
+class Checksum:
+    """
+    A digest the client announced for a body: the body counts whole or not
+    at all.
+
+    @ivar digest: a fresh hash object of the announced algorithm, fed as
+        the bytes are written.
+    @ivar expected: the digest the client sent.
+    @ivar mismatch: the reason given when they differ.
+    """
+
+    digest: Any
+    expected: bytes
+    mismatch: str = "the checksum does not match the body"
+
+    def verify(self, outcome: BodyOutcome) -> None:
+        if not outcome.complete:
+            raise ChecksumMismatch("the body was cut off; its checksum cannot match")
+        if self.digest.digest() != self.expected:
+            raise ChecksumMismatch(self.mismatch)
+
+
+@dataclass
+class WritePlan:
+    """
+    How one body goes into one upload, as its protocol decided from the
+    headers.
+
+    @ivar offset: where the body's first byte goes.
+    @ivar limit: the most bytes the body may bring (C{None}: no limit).
+    @ivar overflow: the answer when it brings more (nothing more is written).
+    @ivar recorded: the record update for a body whose bytes end at the
+        given offset (of the file); applied only once they are durable.
+    @ivar checksum: a digest the body must match (whole or nothing).
+    @ivar verify: the protocol's own last check of the outcome (a chunk
+        must arrive whole; a checksum sent as a trailer); may return a
+        Deferred.  Raising refuses the body: nothing is recorded.
+    @ivar runningHash: feed the upload's running sha256 (sequential
+        uploads that are published later).
+    @ivar checkpoints: record the offset every C{storage.checkpoint_every}
+        bytes while the body streams (only for a body that can neither
+        fail a checksum nor overflow: its length is known and within the
+        limit).
+    """
+
+    offset: int
+    limit: Optional[int]
+    recorded: Callable[[int], Mutation]
+    overflow: UploadError = field(default_factory=lambda: TooLarge("the body runs past the upload's length"))
+    checksum: Optional[Checksum] = None
+    verify: Optional[Verifier] = None
+    runningHash: bool = False
+    checkpoints: bool = False
+
+
+class UploadService:
+    """
+    The protocol-neutral upload layer over one store.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, store: UploadStore, disk: DiskService, publisher: Publisher) -> None:
+        self.config = config
+        self.store = store
+        self.disk = disk
+        self.publisher = publisher
+        self.hashes = publisher.hashes
+
+    def reconfigure(self, config: Config) -> None:
+        """Limits, expiry and disk tuning apply to the next request."""
+        self.config = config
+
+    # -- finding and creating ------------------------------------------------
+
+    def find(self, uploadId: str, protocol: str) -> UploadRecord:
+        """
+        A live upload of C{protocol}.  Another protocol's upload is not
+        found: its rules would not apply to it.
+
+        @raise UploadNotFound: no such upload (of this protocol).
+        @raise UploadGone: terminated or expired.
+        """
+        record = self.store.getLive(uploadId)
+        if record.protocol != protocol:
+            raise noSuchUpload()
+        return record
+
+    def open(self, uploadId: str, protocol: str) -> OpenUpload:
+        """
+        A live upload of C{protocol}, locked for writing.
+
+        @raise UploadLocked: another request is writing to it.
+        """
+        self.find(uploadId, protocol)
+        return self.store.open(uploadId)
+
+    @property
+    def maxSize(self) -> int:
+        return self.config.limits.max_size
+
+    def checkSize(self, length: Optional[int], what: str = "Upload-Length") -> None:
+        """
+        @raise TooLarge: C{length} is over C{limits.max_size}.
+        """
+        if self.maxSize and length is not None and length > self.maxSize:
+            raise TooLarge(f"{what} exceeds the maximum of {self.maxSize} bytes")
+
+    def create(
+        self,
+        protocol: str,
+        length: Optional[int],
+        metadata: Optional[Dict[str, Optional[str]]] = None,
+        extra: Optional[Dict[str, Any]] = None,
+        uploadId: Optional[str] = None,
+        expires: bool = True,
+    ) -> "Deferred[UploadRecord]":
+        """
+        Create an upload (the store preallocates its file, runs the
+        pre-create hook and announces it).
+
+        @param expires: whether it expires when idle (a tus final
+            concatenation, made of finished parts, does not).
+        """
+        expireAfter = self.config.janitor.expire_after if expires else None
+        return self.store.create(protocol, length, expireAfter, metadata=metadata, extra=extra,
+                                 uploadId=uploadId)
+
+    def terminate(self, uploadId: str, protocol: str) -> None:
+        """
+        Delete an upload's data and leave a tombstone (later requests learn
+        it is gone).
+
+        @raise UploadLocked: a request is writing to it.
+        """
+        upload = self.open(uploadId, protocol)
+        try:
+            self.store.terminate(uploadId)
+        finally:
+            upload.close()
+
+    # -- record updates protocols share ------------------------------------------
+
+    def refreshExpiry(self, record: UploadRecord) -> None:
+        """
+        A mutation: the idle clock starts again (an active upload only).
+        Also revives one whose expiry passed before the janitor took it:
+        a write arriving proves its client is still there.
+        """
+        expireAfter = self.config.janitor.expire_after
+        if record.state == ACTIVE and expireAfter:
+            record.expires = self.store.clock() + expireAfter
+
+    def advanceTo(self, newOffset: int, length: Optional[int], completes: bool = True) -> Mutation:
+        """
+        The mutation that records a sequential upload's new offset.
+
+        @param completes: reaching C{length} completes the upload (tus); the
+            facade's uploads complete only when they are published.
+        """
+        def advance(record: UploadRecord) -> None:
+            record.offset = newOffset
+            record.length = length
+            if completes and length is not None and newOffset == length:
+                record.state = COMPLETE
+                record.expires = None
+            else:
+                self.refreshExpiry(record)
+
+        return advance
+
+    @staticmethod
+    def checkOffset(record: UploadRecord, offset: int) -> None:
+        """
+        @raise OffsetMismatch: C{offset} is not where the upload stands;
+            the answer carries the current offset.
+        """
+        if offset != record.offset:
+            raise OffsetMismatch(
+                f"Upload-Offset is {offset} but the upload is at {record.offset}",
+                headers={"Upload-Offset": str(record.offset)},
+            )
+
+    def commit(self, upload: OpenUpload, mutate: Mutation) -> "Deferred[UploadRecord]":
+        """
+        Record C{mutate} once the bytes written through C{upload} are
+        durable, then release the upload either way.
+        """
+        d = self.store.commit(upload, mutate)
+        d.addErrback(_asUploadError, "recording the upload")
+        return d.addBoth(_releasing, upload)
+
+    # -- the write pipeline ---------------------------------------------------------
+
+    def write(self, upload: OpenUpload, plan: WritePlan, producer: Optional[IPushProducer],
+              bodyLength: Optional[int]) -> FileSink:
+        """
+        The sink that streams one body into C{upload} (which the caller
+        opened and this now owns: it is released when the body is dealt
+        with, however that goes).  Its result is the updated record, or an
+        L{UploadError}.
+
+        @param producer: the transport to pause while the disk lags.
+        @param bodyLength: the body's declared length, if any.
+        """
+        try:
+            if plan.limit is not None and bodyLength is not None and bodyLength > plan.limit:
+                raise plan.overflow
+            digests: List[Any] = []
+            running = self.hashes.resume(upload.record.id, plan.offset) if plan.runningHash else None
+            for digest in (running, plan.checksum.digest if plan.checksum else None):
+                if digest is not None:
+                    digests.append(digest)
+            writer = self.disk.writer(
+                upload.fd, plan.offset, self.config.disk.high_water, self.config.disk.low_water,
+                producer=producer, digests=digests,
+            )
+            checkpoints: Optional[OffsetCheckpoints] = None
+            every = self.config.storage.checkpoint_every
+            if plan.checkpoints and every and bodyLength is not None and plan.checksum is None:
+                checkpoints = OffsetCheckpoints(
+                    lambda written: self.store.commit(upload, plan.recorded(plan.offset + written)), every)
+                writer.progress = checkpoints.written
+        except BaseException:
+            upload.close()
+            raise
+
+        def finish(outcome: BodyOutcome) -> "Deferred[UploadRecord]":
+            # The last checkpoint, if one is under way, settles first: offsets
+            # are recorded in order, and the upload stays open until then.
+            settled = checkpoints.settled() if checkpoints is not None else succeed(None)
+            d = settled.addCallback(lambda _: Deferred.fromCoroutine(
+                self._record(upload, plan, outcome, running)))
+            return d.addBoth(_releasing, upload)
+
+        return FileSink(writer, plan.limit, finish)
+
+    async def _record(self, upload: OpenUpload, plan: WritePlan, outcome: BodyOutcome,
+                      running: Any) -> UploadRecord:
+        """
+        Decide what a body that ended brought, and record it: nothing on
+        a disk error, an overflow, a failed check; else every byte that
+        landed (the policy for cut-off bodies is the protocol's C{verify}).
+        """
+        if outcome.error is not None:
+            raise diskError(outcome.error, "writing the upload")
+        if outcome.overflow:
+            raise plan.overflow
+        if plan.verify is not None:
+            checked = plan.verify(outcome)
+            if checked is not None:
+                await checked
+        if plan.checksum is not None:
+            plan.checksum.verify(outcome)
+        newEnd = plan.offset + outcome.written
+        try:
+            record = await self.store.commit(upload, plan.recorded(newEnd))
+        except OSError as e:
+            raise diskError(e, "recording the upload") from None
+        if running is not None:
+            self.hashes.advance(record.id, running, newEnd)
+        return record
+
+
+class OffsetCheckpoints:
+    """
+    Records a long body's offset while it still streams, every C{every}
+    bytes that reached the file, so a crash in the middle of a
+    multi-gigabyte body loses at most that much of it.  One checkpoint at
+    a time: one that comes due while another is under way waits for the
+    next batch.
+    """
+
+    log = Logger()
+
+    def __init__(self, commit: Callable[[int], "Deferred[Any]"], every: int) -> None:
+        self.commit = commit
+        self.every = every
+        self.recorded = 0
+        self.running: Optional[Deferred[Any]] = None
+        self._settled: Optional[OneShotResult[None]] = None
+
+    def written(self, written: int) -> None:
+        if self.running is not None or written - self.recorded < self.every:
+            return
+        self.recorded = written
+        self.running = self.commit(written)
+        self.running.addBoth(self._done)
+
+    def _done(self, result: Any) -> None:
+        self.running = None
+        if isinstance(result, Failure):
+            # The body's final record still comes; this one only hurried it.
+            self.log.failure("recording a checkpoint", result)
+        settled, self._settled = self._settled, None
+        if settled is not None:
+            settled.fire(None)
+
+    def settled(self) -> "Deferred[None]":
+        if self.running is None:
+            return succeed(None)
+        if self._settled is None:
+            self._settled = OneShotResult()
+        return self._settled.whenFired()
+
+
+def _releasing(result: Any, upload: OpenUpload) -> Any:
+    """A callback and errback: let go of the upload, pass the result on."""
+    upload.close()
+    return result
+
+
+def _asUploadError(failure: Failure, doing: str) -> Failure:
+    if failure.check(OSError):
+        return Failure(diskError(failure.value, doing))
+    return failure
