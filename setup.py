@@ -6,7 +6,7 @@ setup(
     description="A resumable-upload daemon on Twisted: tus 1.0.0, Resumable.js, flow.js",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=["chunkd", "twisted.plugins"],
+    packages=["chunkd", "chunkd.protocols", "twisted.plugins"],
     package_data={"twisted": ["plugins/chunkd_plugin.py"]},
     python_requires=">=3.9",
     install_requires=[
@@ -18,5 +18,8 @@ setup(
         "multipart>=1.2",
         "prometheus-client>=0.20",
     ],
-    extras_require={"test": ["tuspy>=1.0"]},
+    extras_require={
+        # mypy-zope types the zope.interface seams (IService, IPushProducer).
+        "test": ["tuspy>=1.0", "mypy>=1.10", "mypy-zope>=1.0", "types-PyYAML"],
+    },
 )

@@ -27,7 +27,7 @@ import json
 import os
 import secrets
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from treq.client import HTTPClient
 from twisted.application.service import Service
@@ -118,7 +118,7 @@ class HookSender(Service):
         return [e for e in self.config.hooks.endpoints if event in e.events]
 
     def _post(self, endpoint: HookEndpoint, event: str, body: bytes, delivery: str) -> Deferred[Any]:
-        headers = {
+        headers: Dict[Union[bytes, str], Union[bytes, str]] = {
             "Content-Type": "application/json",
             "Chunkd-Event": event,
             "Chunkd-Delivery": delivery,

@@ -202,7 +202,7 @@ class NotifierService(Service):
     connections on the listening socket.
     """
 
-    name = "systemd-notify"  # type: ignore[assignment]  # Twisted declares Service.name as None
+    name = "systemd-notify"
     log = Logger()
 
     def __init__(

@@ -92,7 +92,7 @@ class FileSink:
                 )
             return BodyOutcome(complete, self.writer.written, self.overflow, trailers)
 
-        d = self.writer.flush()
+        d: Deferred[Any] = self.writer.flush()
         d.addBoth(outcome)
         d.addCallback(self._finish)
         d.addBoth(self._settle, complete)

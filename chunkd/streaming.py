@@ -19,9 +19,10 @@ held whole in memory.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any, List, Optional, Protocol
+from typing import TYPE_CHECKING, Any, List, Optional, Protocol, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http_headers import Headers
@@ -138,17 +139,35 @@ class StreamingRequest(server.Request):
         self.method = self.effectiveMethod()
         self.bodyLength = length
         self.bodyReceived = 0
-        readSize = getattr(self.channel.site, "readSize", 0)
+        site = self.chunkdSite
+        readSize = getattr(site, "readSize", 0)
         if readSize and (length is None or length > readSize):
             # Fewer, larger reads for a large body: a quarter of the calls
             # into the HTTP parser and the sink per MiB.  (A TLS transport
             # has no bufferSize; it keeps its own.)
-            if hasattr(self.transport, "bufferSize"):
-                self.transport.bufferSize = readSize
+            transport: Any = self.transport
+            if hasattr(transport, "bufferSize"):
+                transport.bufferSize = readSize
         self.trailers = Headers()
         self._decoder = getattr(self.channel, "_transferDecoder", None)
-        self.bodySink = self.channel.site.routes.sinkFor(self)
+        self.bodySink = site.routes.sinkFor(self)
         self._bodyOpen = True
+
+    @property
+    def chunkdSite(self) -> Any:
+        """
+        The Site that made this request's channel (Twisted sets C{site} on
+        the channel without declaring it).
+        """
+        return getattr(self.channel, "site")
+
+    @property
+    def bodyProducer(self) -> Optional[IPushProducer]:
+        """
+        The transport, as the push producer the disk writer pauses while
+        the disk lags (TCP, TLS and UNIX transports all are).
+        """
+        return cast(Optional[IPushProducer], self.transport)
 
     def effectiveMethod(self) -> bytes:
         """
@@ -180,7 +199,7 @@ class StreamingRequest(server.Request):
         if self._bodyOpen:
             self._bodyOpen = False
             self.bodySink.bodyFailed(reason)
-            self.channel.site.bodyInterrupted(self)
+            self.chunkdSite.bodyInterrupted(self)
         super().connectionLost(reason)
 
 

@@ -363,6 +363,6 @@ def _releasing(result: Any, upload: OpenUpload) -> Any:
 
 
 def _asUploadError(failure: Failure, doing: str) -> Failure:
-    if failure.check(OSError):
+    if isinstance(failure.value, OSError):
         return Failure(diskError(failure.value, doing))
     return failure

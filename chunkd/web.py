@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from typing import Any, List, Optional
+from typing import Any, List, Optional, cast
 
 from klein import Klein
 from werkzeug.exceptions import HTTPException
@@ -254,12 +254,12 @@ def buildRoutes(protocols: List[Any]) -> "tuple[RouteTable, List[str]]":
 
     @app.handle_errors(UploadError)
     def uploadError(request: Any, failure: Failure) -> bytes:
-        return renderError(request, failure.value)
+        return renderError(request, cast(UploadError, failure.value))
 
     @app.handle_errors(HTTPException)
     def routingError(request: Any, failure: Failure) -> bytes:
         # No route (404) or not this method (405): werkzeug's verdict, our format.
-        error: HTTPException = failure.value
+        error = cast(HTTPException, failure.value)
         reason = "no such resource" if error.code == 404 else "method not allowed here"
         return renderError(request, UploadError(reason, status=error.code or 400))
 

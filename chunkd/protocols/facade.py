@@ -240,8 +240,8 @@ class FacadeProtocol:
         token, extra = self.tokens.issueFor()
         extra["tus_metadata"] = rawMetadata
         created = self.uploads.create(FACADE, length, metadata=metadata, extra=extra)
-        created.addCallback(lambda record: RecordSink(Created(record, token)))
-        return LateSink(created, request.transport)
+        return LateSink(created.addCallback(lambda record: RecordSink(Created(record, token))),
+                        request.bodyProducer)
 
     def patchSink(self, request: StreamingRequest, upload_id: str) -> BodySink:
         """
@@ -278,7 +278,7 @@ class FacadeProtocol:
             )
             # A multipart body is larger than its chunk: only the raw one
             # can be refused by its Content-Length.
-            fileSink = self.uploads.write(upload, plan, request.transport,
+            fileSink = self.uploads.write(upload, plan, request.bodyProducer,
                                           request.bodyLength if multipart is None else None)
         except BaseException:
             upload.close()

@@ -221,11 +221,11 @@ def parseChunk(
         )
     if number > totalChunks:
         raise BadRequest(f"{p('ChunkNumber')} {number} is past the last chunk ({totalChunks})")
-    expected = expectedChunkSize(totalSize, chunkSize, totalChunks, number)
-    if currentSize != expected:
+    size = expectedChunkSize(totalSize, chunkSize, totalChunks, number)
+    if currentSize != size:
         raise BadRequest(
             f"{p('CurrentChunkSize')} is {currentSize}, but chunk {number} of this file "
-            f"is {expected} bytes"
+            f"is {size} bytes"
         )
     return ChunkRequest(dialect, number, chunkSize, currentSize, totalSize, totalChunks,
                         identifier, filename, relativePath, type)
@@ -438,7 +438,7 @@ class ChunkProtocol:
         (L{LateSink}).
         """
         decided = Deferred.fromCoroutine(self._decide(request, chunk))
-        return LateSink(decided, request.transport)
+        return LateSink(decided, request.bodyProducer)
 
     async def _decide(self, request: StreamingRequest, chunk: ChunkRequest) -> BodySink:
         """
@@ -498,7 +498,7 @@ class ChunkProtocol:
         )
         # The body may be multipart, larger than its chunk: the chunk's own
         # size was checked against an octet body's length already.
-        sink = self.uploads.write(upload, plan, request.transport, None)
+        sink = self.uploads.write(upload, plan, request.bodyProducer, None)
         return MappedSink(sink, lambda record: Deferred.fromCoroutine(self._afterChunk(record, chunk)))
 
     async def _afterChunk(self, record: UploadRecord, chunk: ChunkRequest) -> ChunkAnswer:

@@ -127,7 +127,7 @@ class TusProtocol:
         except BaseException:
             upload.close()
             raise
-        return self.uploads.write(upload, plan, request.transport, request.bodyLength)
+        return self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
 
     def _plan(self, request: StreamingRequest, record: UploadRecord, offset: int,
               newLength: Optional[int], checksum: Optional[Checksum]) -> WritePlan:
@@ -216,7 +216,7 @@ class TusProtocol:
         created = self.uploads.create(TUS, length, metadata=metadata, extra=extra)
         if not withUpload:
             return LateSink(created.addCallback(lambda r: RecordSink(Created(r, False))),
-                            request.transport)
+                            request.bodyProducer)
 
         def startWriting(record: UploadRecord) -> BodySink:
             upload = self.store.open(record.id)
@@ -225,10 +225,10 @@ class TusProtocol:
             except BaseException:
                 upload.close()
                 raise
-            sink = self.uploads.write(upload, plan, request.transport, request.bodyLength)
+            sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
             return MappedSink(sink, lambda written: Created(written, True))
 
-        return LateSink(created.addCallback(startWriting), request.transport)
+        return LateSink(created.addCallback(startWriting), request.bodyProducer)
 
     def _finalSink(self, request: StreamingRequest, concat: str) -> BodySink:
         """
@@ -264,7 +264,7 @@ class TusProtocol:
         extra = {"tus_metadata": rawMetadata, "concat": "final", "parts": parts}
         created = self.uploads.create(TUS, total, metadata=metadata, extra=extra, expires=False)
         created.addCallback(lambda record: self._assembleIfReady(record.id))
-        return LateSink(created.addCallback(lambda r: RecordSink(Created(r, False))), request.transport)
+        return LateSink(created.addCallback(lambda r: RecordSink(Created(r, False))), request.bodyProducer)
 
     def _assembleIfReady(self, uploadId: str) -> "Deferred[UploadRecord]":
         """
