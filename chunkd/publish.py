@@ -77,12 +77,9 @@ class Publisher:
         @raise UploadError: a disk error, mapped as every disk error is.
         """
         record = self.store.get(upload.record.id)
-        if record.published is not None:
-            return record
-        if record.publishing is not None:
-            adopted = await self._adopted(record)
-            if adopted is not None:
-                return adopted
+        done = await self._settled(record)
+        if done is not None:
+            return done
         uploadId = record.id
         source = self.store.dataPath(uploadId)
         info: Dict[str, Any] = {
@@ -114,16 +111,20 @@ class Publisher:
         another request or process, or by a publication cut short that
         this finishes), else L{UploadGone}.
         """
+        done = await self._settled(record)
+        if done is None:
+            raise dataGone()
+        return done
+
+    async def _settled(self, record: UploadRecord) -> Optional[UploadRecord]:
+        """
+        The record of a publication already made -- recorded, or finished
+        now from the sidecar of one cut short -- else C{None}.
+        """
         if record.published is not None:
             return record
-        if record.publishing is not None:
-            adopted = await self._adopted(record)
-            if adopted is not None:
-                return adopted
-        raise dataGone()
-
-    async def _adopted(self, record: UploadRecord) -> Optional[UploadRecord]:
-        assert record.publishing is not None
+        if record.publishing is None:
+            return None
         try:
             found = await self.disk.run(self.completed.findPublished, record.publishing,
                                         record.id, record.created)
