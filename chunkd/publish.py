@@ -99,6 +99,8 @@ class Publisher:
             target = await self.disk.run(self.completed.publish, source, name, info, self.store.durable)
             record = await self.store.update(uploadId, recordPublication(_publication(target, info)))
         except OSError as e:
+            # One line for the operator (the client's answer names the step).
+            self.log.error("publishing upload {uploadId} failed: {error}", uploadId=uploadId, error=str(e))
             raise diskError(e, "publishing the upload") from None
         self.log.info("{protocol} upload {uploadId} published as {name}: {size} bytes, sha256 {sha256}",
                       protocol=record.protocol, uploadId=uploadId, name=os.path.basename(target),

@@ -382,9 +382,6 @@ class FacadeProtocol:
         try:
             name = sanitizeFilename(filename, fallback=f"upload-{record.id}")
             return await self.publisher.publish(upload, name, record.length, filename)
-        except Exception:
-            self.log.failure("publishing upload {uploadId}", Failure(), uploadId=record.id)
-            raise
         finally:
             upload.close()
 
