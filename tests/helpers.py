@@ -1,27 +1,50 @@
 """
-Shared test scaffolding: a real chunkd Site on 127.0.0.1 (port 0) over a
-temporary storage directory, a treq client with its own connection pool,
-and a raw socket client for what treq cannot send (chunked bodies with
-trailers, bodies cut off mid-way).
+Shared test scaffolding, the one module test modules import helpers from:
+
+ - a real chunkd Site on 127.0.0.1 (port 0) over a temporary storage
+   directory (or a small tmpfs, to fill up), a treq client with its own
+   connection pool, and the tus client calls on top of it;
+ - a raw socket client for what treq cannot send (chunked bodies with
+   trailers, bodies cut off mid-way);
+ - chunkd as a process of its own (C{python -m twisted chunkd});
+ - stand-ins for the socket-free unit tests: a producer that counts its
+   pauses and resumes, and a body sink that records what it is given.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import socket
+import subprocess
+import sys
 import tempfile
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from treq.client import HTTPClient
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
-from chunkd.config import Config, loadConfig
 from chunkd.disk import DiskService
-from chunkd.store import UploadStore
-from chunkd.app import buildSite
+
+if TYPE_CHECKING:
+    from chunkd.config import Config
+
+try:
+    from tusclient import client as tusclient
+except ImportError:  # pragma: no cover - tuspy is a test dependency
+    tusclient = None
+
+#: the repository's top directory (what a chunkd child process imports).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTETS = "application/offset+octet-stream"
 
 
 class ServerTestCase(unittest.TestCase):
@@ -29,17 +52,30 @@ class ServerTestCase(unittest.TestCase):
     Starts chunkd on a real listening socket for each test.
 
     @cvar overrides: dotted config keys for this test class.
+    @cvar tmpfsSize: store on a real, small file system of this size (a
+        tmpfs, see L{mountSmallTmpfs}) instead of a temporary directory:
+        for tests of a full disk.
     """
 
     overrides: Dict[str, object] = {}
+    tmpfsSize: Optional[str] = None
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.storage = tempfile.mkdtemp(prefix="chunkd-test-")
+        if self.tmpfsSize is not None:
+            self.storage = mountSmallTmpfs(self, self.tmpfsSize)
+        else:
+            self.storage = tempfile.mkdtemp(prefix="chunkd-test-")
         yield self.startServer(dict(self.overrides))
 
     @defer.inlineCallbacks
     def startServer(self, overrides: Dict[str, object]) -> Any:
+        # The whole application, imported only by the tests that serve it:
+        # the socket-free unit tests need none of it.
+        from chunkd.app import buildSite
+        from chunkd.config import loadConfig
+        from chunkd.store import UploadStore
+
         overrides.setdefault("storage.directory", self.storage)
         overrides.setdefault("storage.durable", False)
         self.config: Config = loadConfig(None, overrides)
@@ -61,6 +97,52 @@ class ServerTestCase(unittest.TestCase):
     def dataOf(self, uploadId: str) -> bytes:
         with open(self.store.dataPath(uploadId), "rb") as f:
             return f.read()
+
+
+class TusTestCase(ServerTestCase):
+    """
+    A server test that speaks tus 1.0.0 at C{/files/} through treq.
+    """
+
+    @defer.inlineCallbacks
+    def create(self, length: Optional[int] = None, headers: Optional[Dict[str, str]] = None, **kw: Any) -> Any:
+        h = dict(TUS)
+        if length is not None:
+            h["Upload-Length"] = str(length)
+        h.update(headers or {})
+        response = yield self.client.post(self.url("/files/"), headers=h, **kw)
+        yield response.content()
+        return response
+
+    @defer.inlineCallbacks
+    def createId(self, length: Optional[int] = None, headers: Optional[Dict[str, str]] = None) -> Any:
+        response = yield self.create(length, headers)
+        self.assertEqual(response.code, 201)
+        location = response.headers.getRawHeaders("location")[0]
+        return location.rsplit("/", 1)[1]
+
+    @defer.inlineCallbacks
+    def patch(self, uploadId: str, offset: int, body: bytes, headers: Optional[Dict[str, str]] = None) -> Any:
+        h = dict(TUS, **{"Upload-Offset": str(offset), "Content-Type": OCTETS})
+        h.update(headers or {})
+        response = yield self.client.patch(self.url(f"/files/{uploadId}"), data=body, headers=h)
+        text = yield response.content()
+        response.text_ = text
+        return response
+
+    @defer.inlineCallbacks
+    def head(self, uploadId: str, headers: Optional[Dict[str, str]] = None) -> Any:
+        h = dict(TUS)
+        h.update(headers or {})
+        response = yield self.client.head(self.url(f"/files/{uploadId}"), headers=h)
+        yield response.content()
+        return response
+
+
+def h(response: Any, name: str) -> Optional[str]:
+    """The first value of header C{name} in a treq C{response}, or C{None}."""
+    values = response.headers.getRawHeaders(name)
+    return values[0] if values else None
 
 
 class _RawResponse(Protocol):
@@ -134,3 +216,169 @@ def mountSmallTmpfs(case: unittest.TestCase, size: str = "4m") -> str:
 
 def randomBytes(n: int) -> bytes:
     return os.urandom(n)
+
+
+def patchHead(uploadId: str, offset: int, length: int, extra: str = "") -> bytes:
+    """
+    The head of a tus PATCH of C{length} body bytes at C{offset}, for
+    L{rawRequest} or a plain socket; C{extra} holds more header lines.
+    """
+    return (
+        f"PATCH /files/{uploadId} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+        f"Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
+
+
+BOUNDARY = b"----chunkd-facade-test-7f3a"
+
+
+def multipartBody(data: bytes, fields: Optional[Dict[str, str]] = None, name: str = "chunk",
+                  boundary: bytes = BOUNDARY) -> bytes:
+    """
+    A multipart/form-data body as browsers and multer clients send it: any
+    fields first, then the chunk as a file part.
+    """
+    parts: List[bytes] = []
+    for key, value in (fields or {}).items():
+        parts.append(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
+                     % (boundary, key.encode(), value.encode()))
+    parts.append(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"blob\"\r\n"
+                 b"Content-Type: application/octet-stream\r\n\r\n%s\r\n" % (boundary, name.encode(), data))
+    parts.append(b"--%s--\r\n" % boundary)
+    return b"".join(parts)
+
+
+def requireTuspy() -> Any:
+    """
+    tuspy's client module; skips the test where tuspy is not installed.
+    """
+    if tusclient is None:
+        raise unittest.SkipTest("tuspy is not installed (pip install '.[test]')")
+    return tusclient
+
+
+def tuspyUploader(endpoint: str, data: bytes, chunkSize: int, **kw: Any) -> Any:
+    """
+    A tuspy uploader of C{data} for the tus creation URL C{endpoint} (C{kw}
+    as for C{TusClient.uploader}).  tuspy is synchronous and already speaks
+    HTTP here when given an upload's C{url}: call this, and C{upload()}, in
+    a thread while the reactor serves.
+    """
+    client = requireTuspy().TusClient(endpoint)
+    return client.uploader(file_stream=io.BytesIO(data), chunk_size=chunkSize, **kw)
+
+
+# -- chunkd as a process of its own ----------------------------------------------------
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(args: list, cwd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """
+    C{python -m twisted *args} in C{cwd}, importing this checkout's chunkd.
+    """
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "twisted", *args], cwd=cwd, env=env,
+                          capture_output=True, timeout=timeout)
+
+
+# -- stand-ins for socket-free unit tests ----------------------------------------------
+
+
+class CountingProducer:
+    """
+    A push producer that only counts how often it was paused and resumed.
+    """
+
+    def __init__(self) -> None:
+        self.pauses = 0
+        self.resumes = 0
+
+    def pauseProducing(self) -> None:
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.resumes += 1
+
+    def stopProducing(self) -> None:
+        pass
+
+    @property
+    def paused(self) -> bool:
+        return self.pauses > self.resumes
+
+
+class RecordingSink:
+    """
+    An in-memory L{chunkd.streaming.BodySink}: keeps every piece it is given
+    (as bytes, in order) and how the body ended; its L{result} is
+    C{outcome} (a value or a L{Failure}) for every caller.
+
+    @ivar ended: C{None} while the body goes on, then C{("bodyEnded",
+        trailers)} or C{("bodyFailed", failure)}.
+    @ivar events: the calls in order: C{("data", bytes)}, C{("bodyEnded",
+        trailers)} or C{("bodyFailed", failure)}.
+    """
+
+    def __init__(self, outcome: Any = None) -> None:
+        self.pieces: List[bytes] = []
+        self.events: List[Any] = []
+        self.ended: Optional[Any] = None
+        self.outcome = outcome
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.pieces)
+
+    def dataReceived(self, data: bytes) -> None:
+        piece = bytes(data)
+        self.pieces.append(piece)
+        self.events.append(("data", piece))
+
+    def bodyEnded(self, trailers: Headers) -> None:
+        self.ended = ("bodyEnded", trailers)
+        self.events.append(self.ended)
+
+    def bodyFailed(self, reason: Failure) -> None:
+        self.ended = ("bodyFailed", reason)
+        self.events.append(self.ended)
+
+    def result(self) -> "defer.Deferred[Any]":
+        if isinstance(self.outcome, Failure):
+            return defer.fail(self.outcome)
+        return defer.succeed(self.outcome)
+
+
+def startedDisk(case: unittest.TestCase, threads: int = 2) -> DiskService:
+    """
+    A real L{DiskService} on the reactor, started now and stopped (once
+    every job is done) when C{case} is cleaned up.
+    """
+    disk = DiskService(reactor, threads)
+    disk.startService()
+    case.addCleanup(disk.stopService)
+    return disk
+
+
+def openTempFile(case: unittest.TestCase, content: bytes = b"") -> Tuple[str, int]:
+    """
+    A new temporary file holding C{content}, open for reading and writing:
+    C{(path, fd)}.  Closed and removed when C{case} is cleaned up: open it
+    before L{startedDisk}, so that the disk service stops (and its last
+    write ends) before the file is closed.
+    """
+    fd, path = tempfile.mkstemp(prefix="chunkd-unit-")
+    case.addCleanup(os.unlink, path)
+    case.addCleanup(os.close, fd)
+    os.write(fd, content)
+    return path, fd
+
+
+def readFile(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

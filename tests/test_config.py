@@ -10,8 +10,7 @@ import tempfile
 from twisted.trial import unittest
 
 from chunkd.config import ConfigError, checkStorageDirectory, loadConfig, parseDuration, parseSize
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 
 class ValueTests(unittest.TestCase):

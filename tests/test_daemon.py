@@ -15,19 +15,7 @@ import time
 
 from twisted.trial import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(args: list, cwd: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "twisted", *args], cwd=cwd, env=env,
-                          capture_output=True, timeout=timeout)
+from tests.helpers import ROOT, freePort, run
 
 
 class BadConfigTests(unittest.TestCase):

@@ -21,31 +21,19 @@ from twisted.internet import defer
 from chunkd import hashes as hashesModule
 from chunkd.protocols.facade import FacadeProtocol
 from chunkd.tokens import mintToken
-from tests.helpers import ServerTestCase, deferLater, parseResponse, randomBytes, rawRequest
-
-OCTETS = "application/offset+octet-stream"
-BOUNDARY = b"----chunkd-facade-test-7f3a"
-
-
-def h(response: Any, name: str) -> Optional[str]:
-    values = response.headers.getRawHeaders(name)
-    return values[0] if values else None
-
-
-def multipartBody(data: bytes, fields: Optional[Dict[str, str]] = None, name: str = "chunk",
-                  boundary: bytes = BOUNDARY) -> bytes:
-    """
-    A multipart/form-data body as browsers and multer clients send it: any
-    fields first, then the chunk as a file part.
-    """
-    parts: List[bytes] = []
-    for key, value in (fields or {}).items():
-        parts.append(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
-                     % (boundary, key.encode(), value.encode()))
-    parts.append(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"blob\"\r\n"
-                 b"Content-Type: application/octet-stream\r\n\r\n%s\r\n" % (boundary, name.encode(), data))
-    parts.append(b"--%s--\r\n" % boundary)
-    return b"".join(parts)
+from tests.helpers import (
+    BOUNDARY,
+    OCTETS,
+    ServerTestCase,
+    deferLater,
+    h,
+    multipartBody,
+    parseResponse,
+    randomBytes,
+    rawRequest,
+    requireTuspy,
+    tuspyUploader,
+)
 
 
 def sha256(data: bytes) -> str:
@@ -727,16 +715,12 @@ class TuspyTests(FacadeTestCase):
 
     @defer.inlineCallbacks
     def test_tusClientUploadsThenFinalize(self) -> Any:
-        try:
-            from tusclient import client as tusclient
-        except ImportError:  # pragma: no cover - tuspy is a test dependency
-            raise self.skipTest("tuspy is not installed (pip install '.[test]')")
+        requireTuspy()
         data = randomBytes(2 * 1024 * 1024 + 99)
 
         def upload() -> str:
-            c = tusclient.TusClient(self.url("/uploads"))
-            uploader = c.uploader(file_stream=io.BytesIO(data), chunk_size=1024 * 1024,
-                                  upload_checksum=True, metadata={"filename": "cam.mp4"})
+            uploader = tuspyUploader(self.url("/uploads"), data, 1024 * 1024,
+                                     upload_checksum=True, metadata={"filename": "cam.mp4"})
             uploader.upload()
             return str(uploader.url)
 

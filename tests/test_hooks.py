@@ -18,8 +18,7 @@ from twisted.web import resource, server
 
 from chunkd.hooks import HookSender
 from chunkd.janitor import Janitor
-from tests.helpers import deferLater
-from tests.test_tus import TusTestCase, h
+from tests.helpers import TusTestCase, deferLater, h
 
 SECRET = "s3cret"
 
@@ -74,6 +73,18 @@ class HookTestCase(TusTestCase):
             yield deferLater(0.05)
         self.fail(f"only {self.receiver.events()} arrived")
 
+    @defer.inlineCallbacks
+    def assertSpoolEmptied(self, tries: int) -> Any:
+        """
+        The spool empties within C{tries} looks 50 ms apart (a spool file
+        goes once its 2xx answer is read).
+        """
+        for _ in range(tries):
+            if not os.listdir(self.hooks.spool):
+                break
+            yield deferLater(0.05)
+        self.assertEqual(os.listdir(self.hooks.spool), [])
+
 
 class LifeCycleTests(HookTestCase):
     @defer.inlineCallbacks
@@ -98,11 +109,7 @@ class LifeCycleTests(HookTestCase):
         finish = [p for e, p, _ in self.receiver.received if e == "post-finish"][0]["upload"]
         self.assertEqual((finish["size"], finish["protocol"], finish["metadata"]), (6, "tus", {"filename": "a.txt"}))
         self.assertEqual(finish["path"], self.store.dataPath(uploadId))
-        for _ in range(40):  # a spool file goes once its 2xx answer is read
-            if not os.listdir(self.hooks.spool):
-                break
-            yield deferLater(0.05)
-        self.assertEqual(os.listdir(self.hooks.spool), [])
+        yield self.assertSpoolEmptied(40)
 
     @defer.inlineCallbacks
     def test_failedDeliveriesAreRetried(self) -> Any:
@@ -110,11 +117,7 @@ class LifeCycleTests(HookTestCase):
         yield self.createId(3)
         yield self.waitFor(3)
         self.assertEqual(self.receiver.events(), ["post-create"] * 3)
-        for _ in range(20):
-            if not os.listdir(self.hooks.spool):
-                break
-            yield deferLater(0.05)
-        self.assertEqual(os.listdir(self.hooks.spool), [])
+        yield self.assertSpoolEmptied(20)
 
     @defer.inlineCallbacks
     def test_spooledDeliverySurvivesARestart(self) -> Any:

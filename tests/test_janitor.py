@@ -12,9 +12,7 @@ from typing import Any, List, Tuple
 from twisted.internet import defer, reactor
 
 from chunkd.janitor import Janitor
-from tests.helpers import deferLater, rawRequest
-from tests.test_streaming import patchHead
-from tests.test_tus import TusTestCase
+from tests.helpers import TusTestCase, deferLater, patchHead, rawRequest
 
 HOUR = 3600.0
 

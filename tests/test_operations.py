@@ -19,7 +19,7 @@ from typing import Dict, Optional
 import yaml
 from twisted.trial import unittest
 
-from tests.test_daemon import ROOT, freePort
+from tests.helpers import ROOT, freePort, patchHead
 
 
 # `python -m twisted` ends by re-raising the signal that stopped it, which
@@ -110,12 +110,6 @@ def create(daemon: Daemon, length: int, extra: bytes = b"") -> str:
     assert answer.startswith(b"HTTP/1.1 201"), answer
     location = [l for l in answer.split(b"\r\n") if l.lower().startswith(b"location:")][0]
     return location.split(b"/")[-1].strip().decode()
-
-
-def patchHead(uploadId: str, offset: int, length: int) -> bytes:
-    return (f"PATCH /files/{uploadId} HTTP/1.1\r\nHost: h\r\nTus-Resumable: 1.0.0\r\n"
-            f"Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
 
 
 def recordOf(daemon: Daemon, uploadId: str) -> Dict:

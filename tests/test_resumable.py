@@ -37,7 +37,7 @@ from chunkd.protocols.resumable import (
     uploadIdFor,
 )
 from chunkd.store import COMPLETE
-from tests.helpers import ServerTestCase, deferLater, mountSmallTmpfs, parseResponse, randomBytes, rawRequest
+from tests.helpers import ServerTestCase, deferLater, parseResponse, randomBytes, rawRequest
 
 BOUNDARY = "----WebKitFormBoundaryq0bIRZ3BhUv5k8Tn"
 
@@ -1044,10 +1044,7 @@ class FullDiskTests(ChunkTestCase):
     A real full disk: a 4 MiB tmpfs as the storage directory.
     """
 
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:
-        self.storage = mountSmallTmpfs(self)
-        yield self.startServer({})
+    tmpfsSize = "4m"
 
     @defer.inlineCallbacks
     def test_fileLargerThanFreeSpaceIs507(self) -> Any:

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.trial import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, freePort
 
 CHUNKD = [sys.executable, "-m", "twisted", "--log-format=text", "chunkd",
           "--listen", "systemd:domain=INET:index=0"]
@@ -32,12 +32,6 @@ CHUNKD = [sys.executable, "-m", "twisted", "--log-format=text", "chunkd",
 #: stop after SIGTERM (with nothing in flight it stops at once).
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request(port: int, method: str, path: str, headers: Dict[str, str]) -> Tuple[int, Dict[str, str]]:

@@ -12,16 +12,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from tests.helpers import deferLater, mountSmallTmpfs, parseResponse, randomBytes, rawRequest
-from tests.test_tus import TusTestCase, h
-
-
-def patchHead(uploadId: str, offset: int, length: int, extra: str = "") -> bytes:
-    return (
-        f"PATCH /files/{uploadId} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-        f"Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n"
-        f"Content-Length: {length}\r\n{extra}\r\n"
-    ).encode()
+from tests.helpers import TusTestCase, deferLater, h, parseResponse, patchHead, randomBytes, rawRequest
 
 
 class StreamingTests(TusTestCase):
@@ -121,10 +112,7 @@ class FullDiskTests(TusTestCase):
     A real full disk: a 4 MiB tmpfs as the storage directory.
     """
 
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:
-        self.storage = mountSmallTmpfs(self)
-        yield self.startServer({})
+    tmpfsSize = "4m"
 
     @defer.inlineCallbacks
     def test_creationBeyondFreeSpaceIs507(self) -> Any:

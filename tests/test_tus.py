@@ -7,56 +7,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
 from twisted.internet import defer
 
-from tests.helpers import ServerTestCase, parseResponse, randomBytes, rawRequest
-
-TUS = {"Tus-Resumable": "1.0.0"}
-OCTETS = "application/offset+octet-stream"
-
-
-class TusTestCase(ServerTestCase):
-    @defer.inlineCallbacks
-    def create(self, length: Optional[int] = None, headers: Optional[Dict[str, str]] = None, **kw: Any) -> Any:
-        h = dict(TUS)
-        if length is not None:
-            h["Upload-Length"] = str(length)
-        h.update(headers or {})
-        response = yield self.client.post(self.url("/files/"), headers=h, **kw)
-        yield response.content()
-        return response
-
-    @defer.inlineCallbacks
-    def createId(self, length: Optional[int] = None, headers: Optional[Dict[str, str]] = None) -> Any:
-        response = yield self.create(length, headers)
-        self.assertEqual(response.code, 201)
-        location = response.headers.getRawHeaders("location")[0]
-        return location.rsplit("/", 1)[1]
-
-    @defer.inlineCallbacks
-    def patch(self, uploadId: str, offset: int, body: bytes, headers: Optional[Dict[str, str]] = None) -> Any:
-        h = dict(TUS, **{"Upload-Offset": str(offset), "Content-Type": OCTETS})
-        h.update(headers or {})
-        response = yield self.client.patch(self.url(f"/files/{uploadId}"), data=body, headers=h)
-        text = yield response.content()
-        response.text_ = text
-        return response
-
-    @defer.inlineCallbacks
-    def head(self, uploadId: str, headers: Optional[Dict[str, str]] = None) -> Any:
-        h = dict(TUS)
-        h.update(headers or {})
-        response = yield self.client.head(self.url(f"/files/{uploadId}"), headers=h)
-        yield response.content()
-        return response
-
-
-def h(response: Any, name: str) -> Optional[str]:
-    values = response.headers.getRawHeaders(name)
-    return values[0] if values else None
-
+from tests.helpers import OCTETS, TUS, TusTestCase, h, parseResponse, randomBytes, rawRequest
 
 class CoreTests(TusTestCase):
     @defer.inlineCallbacks

@@ -5,25 +5,25 @@ tuspy is synchronous, so it runs in a thread while the reactor serves it.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from twisted.internet import defer, threads
 
-from tests.helpers import deferLater, randomBytes, rawRequest
-from tests.test_streaming import patchHead
-from tests.test_tus import TusTestCase, h
-
-try:
-    from tusclient import client as tusclient
-except ImportError:  # pragma: no cover - tuspy is a test dependency
-    tusclient = None
+from tests.helpers import (
+    TusTestCase,
+    deferLater,
+    h,
+    patchHead,
+    randomBytes,
+    rawRequest,
+    requireTuspy,
+    tuspyUploader,
+)
 
 
 class TuspyTests(TusTestCase):
     def setUp(self) -> Any:
-        if tusclient is None:
-            raise self.skipTest("tuspy is not installed (pip install '.[test]')")
+        requireTuspy()
         return super().setUp()
 
     @defer.inlineCallbacks
@@ -31,9 +31,8 @@ class TuspyTests(TusTestCase):
         data = randomBytes(3 * 1024 * 1024 + 12345)
 
         def upload() -> str:
-            c = tusclient.TusClient(self.url("/files/"))
-            uploader = c.uploader(file_stream=io.BytesIO(data), chunk_size=512 * 1024,
-                                  upload_checksum=True, metadata={"filename": "movie.mp4"})
+            uploader = tuspyUploader(self.url("/files/"), data, 512 * 1024,
+                                     upload_checksum=True, metadata={"filename": "movie.mp4"})
             uploader.upload()
             return uploader.url
 
@@ -57,9 +56,7 @@ class TuspyTests(TusTestCase):
         self.assertEqual(h(r, "upload-offset"), str(cut))
 
         def resume() -> int:
-            c = tusclient.TusClient(self.url("/files/"))
-            uploader = c.uploader(file_stream=io.BytesIO(data), url=self.url(f"/files/{uploadId}"),
-                                  chunk_size=256 * 1024)
+            uploader = tuspyUploader(self.url("/files/"), data, 256 * 1024, url=self.url(f"/files/{uploadId}"))
             start = uploader.offset
             uploader.upload()
             return start
