@@ -1,0 +1,130 @@
+"""
+chunkd.routes: one declaration per endpoint decides both where a body goes
+and which handler answers -- matched against Klein's own rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from twisted.trial import unittest
+
+from chunkd.errors import BadRequest, TooLarge, UploadError
+from chunkd.routes import Route, RouteMatch
+from chunkd.streaming import BoundedBody, DiscardBody
+from chunkd.web import buildRoutes
+from tests.helpers import RecordingSink
+
+
+class FakeRequest:
+    def __init__(self, method: bytes, path: bytes) -> None:
+        self.method = method
+        self.path = path
+        self.uri = path
+        self.route: Optional[RouteMatch] = None
+
+
+class Items:
+    """A protocol with the same handler names as Other: they must not clash."""
+
+    exposedHeaders: List[str] = ["X-Items"]
+
+    def __init__(self, name: str, mount: str) -> None:
+        self.name = name
+        self.mount = mount
+        self.sinks: List[Dict[str, Any]] = []
+
+    def routes(self) -> Sequence[Route]:
+        return [
+            Route(self.mount, ("POST",), self.created, body=self.creating),
+            Route(self.mount + "/<item_id>", ("PATCH",), self.patched, body=self.patching),
+            Route(self.mount + "/<item_id>", ("HEAD", "GET"), self.created),
+            Route("/status", ("GET",), self.created, label="other"),
+        ]
+
+    def reconfigure(self, config: Any) -> None:
+        pass
+
+    def creating(self, request: Any) -> Any:
+        self.sinks.append({"kind": "create"})
+        return RecordingSink()
+
+    def patching(self, request: Any, item_id: str) -> Any:
+        if item_id == "bad":
+            raise BadRequest("bad item")
+        if item_id == "boom":
+            raise RuntimeError("bug")
+        if item_id == "small":
+            return None
+        self.sinks.append({"kind": "patch", "id": item_id})
+        return RecordingSink()
+
+    def created(self, request: Any, **kw: Any) -> bytes:
+        return b""
+
+    def patched(self, request: Any, item_id: str) -> bytes:
+        return b""
+
+
+class RouteTableTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.items = Items("items", "/items")
+        self.other = Items("other-items", "/other")
+        self.routes, self.exposed = buildRoutes([self.items, self.other])
+
+    def sinkFor(self, method: bytes, path: bytes) -> Any:
+        request = FakeRequest(method, path)
+        sink = self.routes.sinkFor(request)
+        return request, sink
+
+    def test_theRoutesBodyFactoryDecidesWithThePathsArguments(self) -> None:
+        request, sink = self.sinkFor(b"PATCH", b"/items/abc")
+        self.assertIsInstance(sink, RecordingSink)
+        self.assertEqual(self.items.sinks, [{"kind": "patch", "id": "abc"}])
+        assert request.route is not None
+        self.assertEqual((request.route.protocol, request.route.args), ("items", {"item_id": "abc"}))
+        request, sink = self.sinkFor(b"POST", b"/other")
+        self.assertEqual(self.other.sinks, [{"kind": "create"}])
+        self.assertEqual(request.route.protocol, "other-items")
+
+    def test_sameHandlerNamesDoNotClash(self) -> None:
+        endpoints = {rule.endpoint for rule in self.routes.app.url_map.iter_rules()}
+        self.assertIn("items:PATCH:/items/<item_id>", endpoints)
+        self.assertIn("other-items:PATCH:/other/<item_id>", endpoints)
+
+    def test_noBodyRouteMeansABoundedBody(self) -> None:
+        for method, path in ((b"GET", b"/items/abc"), (b"DELETE", b"/items/abc"),
+                             (b"POST", b"/nowhere"), (b"PATCH", b"/items/small")):
+            request, sink = self.sinkFor(method, path)
+            self.assertIsInstance(sink, BoundedBody, (method, path))
+
+    def test_unmatchedRequestsAreLabelledOther(self) -> None:
+        request, _ = self.sinkFor(b"POST", b"/nowhere")
+        self.assertIsNone(request.route)
+        request, _ = self.sinkFor(b"GET", b"/status")
+        self.assertEqual(request.route.protocol, "other")
+
+    def test_anErrorDecidingIsAnsweredAfterTheBody(self) -> None:
+        _, sink = self.sinkFor(b"PATCH", b"/items/bad")
+        self.assertIsInstance(sink, DiscardBody)
+        self.failureResultOf(sink.result(), BadRequest)
+
+    def test_aBugDecidingIsA500AndLogged(self) -> None:
+        _, sink = self.sinkFor(b"PATCH", b"/items/boom")
+        failure = self.failureResultOf(sink.result(), UploadError)
+        self.assertEqual((failure.value.status, failure.value.reason), (500, "internal error"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_percentEncodedPathsMatchAsKleinDecodesThem(self) -> None:
+        request, sink = self.sinkFor(b"PATCH", b"/items/a%20b")
+        self.assertEqual(request.route.args, {"item_id": "a b"})
+        request, sink = self.sinkFor(b"PATCH", b"/items/%ff")
+        self.assertIsInstance(sink, BoundedBody)  # not UTF-8: no route, no sink
+
+    def test_exposedHeadersOfEveryProtocol(self) -> None:
+        self.assertEqual(self.exposed, ["X-Items", "X-Items"])
+
+    def test_oversizedSmallBodiesAreRefused(self) -> None:
+        _, sink = self.sinkFor(b"POST", b"/nowhere")
+        sink.dataReceived(b"x" * (self.routes.smallBodyLimit + 1))
+        self.failureResultOf(sink.result(), TooLarge)
