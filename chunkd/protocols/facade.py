@@ -44,18 +44,7 @@ from chunkd.errors import (
 )
 from chunkd.health import StorageHealth
 from chunkd.multipart import MultipartSink, boundaryOf
-from chunkd.protocols.tuswire import (
-    OFFSET_STREAM,
-    answerHead,
-    answerWrite,
-    checkVersion,
-    expiresHeader,
-    mediaType,
-    parseChecksum,
-    parseCount,
-    readMetadata,
-    requiredOffset,
-)
+from chunkd.protocols import tuswire
 from chunkd.routes import Route
 from chunkd.sinks import BodyOutcome, FileSink, LateSink, RecordSink
 from chunkd.store import OpenUpload, UploadRecord
@@ -67,7 +56,7 @@ from chunkd.web import header, setHeader
 #: the protocol name in upload records: the facade serves only its own uploads.
 FACADE = "facade"
 #: raw chunk bodies: tus's type, and the plain one the seed's servers accept.
-RAW_TYPES = (OFFSET_STREAM, "application/octet-stream")
+RAW_TYPES = (tuswire.OFFSET_STREAM, "application/octet-stream")
 #: the multipart part that carries a chunk's bytes.
 CHUNK_FIELD = "chunk"
 #: room for multipart framing (boundaries, part headers, small fields) on top
@@ -231,12 +220,12 @@ class FacadeProtocol:
         is ignored (the facade has no creation-with-upload), and the
         answer carries no Upload-Offset, so a tus client starts at 0.
         """
-        checkVersion(request, required=False)
-        length = parseCount("Upload-Length", header(request, "upload-length"))
+        tuswire.checkVersion(request, required=False)
+        length = tuswire.parseCount("Upload-Length", header(request, "upload-length"))
         if length is None:
             raise BadRequest("Upload-Length is required")
         self.uploads.checkSize(length)
-        rawMetadata, metadata = readMetadata(request, self.config.limits.max_metadata_size)
+        rawMetadata, metadata = tuswire.readMetadata(request, self.config.limits.max_metadata_size)
         token, extra = self.tokens.issueFor()
         extra["tus_metadata"] = rawMetadata
         created = self.uploads.create(FACADE, length, metadata=metadata, extra=extra)
@@ -249,10 +238,10 @@ class FacadeProtocol:
         written -- body type, offset, size, token -- then lock the upload
         and stream the chunk into its file.
         """
-        checkVersion(request, required=False)
+        tuswire.checkVersion(request, required=False)
         boundary = self._boundaryOf(request)
-        offset = requiredOffset(request)
-        checksum = parseChecksum(header(request, "upload-checksum"),
+        offset = tuswire.requiredOffset(request)
+        checksum = tuswire.parseChecksum(header(request, "upload-checksum"),
                                  "Upload-Checksum does not match the chunk")
         self._checkDeclaredSize(request, boundary)
         record = self.uploads.find(upload_id, FACADE)
@@ -292,13 +281,13 @@ class FacadeProtocol:
         """
         C{None} for a raw body, the boundary for a multipart one.
         """
-        base = mediaType(request)
+        base = tuswire.mediaType(request)
         if base in RAW_TYPES:
             return None
         if base == "multipart/form-data":
             return boundaryOf(header(request, "content-type"))
         raise UnsupportedMediaType(
-            f"Content-Type must be {OFFSET_STREAM} or multipart/form-data"
+            f"Content-Type must be {tuswire.OFFSET_STREAM} or multipart/form-data"
         )
 
     def _checkDeclaredSize(self, request: StreamingRequest, boundary: Optional[bytes]) -> None:
@@ -335,18 +324,18 @@ class FacadeProtocol:
         setHeader(request, "Location", f"{self.mount}/{record.id}")
         if created.token is not None:
             setHeader(request, "Upload-Token", created.token)
-        expiresHeader(request, record)
+        tuswire.expiresHeader(request, record)
         return b""
 
     async def patched(self, request: Any, upload_id: str) -> bytes:
-        return answerWrite(request, await request.bodySink.result())
+        return tuswire.answerWrite(request, await request.bodySink.result())
 
     def head(self, request: Any, upload_id: str) -> bytes:
-        checkVersion(request, required=False)
+        tuswire.checkVersion(request, required=False)
         record = self.uploads.find(upload_id, FACADE)
         if self.settings.patch_requires_token:
             self.tokens.check(record, self._tokenOf(request))
-        return answerHead(request, record)
+        return tuswire.answerHead(request, record)
 
     async def finalize(self, request: Any) -> bytes:
         """
@@ -354,7 +343,7 @@ class FacadeProtocol:
         sanitized name and answer with its size and sha256.  A repeat gets
         the first answer; a wrong token changes nothing.
         """
-        checkVersion(request, required=False)
+        tuswire.checkVersion(request, required=False)
         body = await request.bodySink.result()
         asked = parseFinalize(body, self._tokenOf(request))
         record = self.uploads.find(asked.uploadId, FACADE)
