@@ -41,7 +41,9 @@ def mintToken(secret: bytes, uploadId: str, expires: int) -> str:
 def _tokenDigest(token: str) -> str:
     # Issued tokens are stored only as their sha256: a leaked record does
     # not leak a usable token.
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # surrogatepass: a client's JSON may carry a lone surrogate; such a
+    # token must simply fail to match, not fail to encode.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class UploadTokens:
