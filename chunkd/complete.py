@@ -86,7 +86,9 @@ class CompletedFiles:
         else:
             raise OSError("no free name for the completed file")
         sidecar = dict(info, path=target, name=os.path.basename(target))
-        temp = target + ".json.tmp"
+        # A leading dot: no published name can have one (sanitizeFilename
+        # strips them), so the temporary file never lands on a published one.
+        temp = os.path.join(self.directory, f".{os.path.basename(target)}.json.{os.getpid()}.tmp")
         with open(temp, "w", encoding="utf-8") as f:
             json.dump(sidecar, f, sort_keys=True)
             if durable:
