@@ -59,13 +59,20 @@ class StorageHealth:
             probe = os.path.join(directory, f".health-{os.getpid()}-{secrets.token_hex(4)}.tmp")
             try:
                 fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    os.write(fd, b"ok")
-                finally:
-                    os.close(fd)
-                os.unlink(probe)
             except OSError as e:
                 return f"the {label} is not writable ({e.strerror})"
+            try:
+                os.write(fd, b"ok")
+            except OSError as e:
+                return f"the {label} is not writable ({e.strerror})"
+            finally:
+                os.close(fd)
+                # Even when the write failed (a full disk): never leave
+                # probes behind among the application's files.
+                try:
+                    os.unlink(probe)
+                except OSError:
+                    pass
             if self.minFree:
                 stats = os.statvfs(directory)
                 free = stats.f_bavail * stats.f_frsize
