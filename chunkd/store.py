@@ -48,7 +48,7 @@ from chunkd.errors import (
     noSuchUpload,
 )
 
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"^[0-9a-f]{32}\Z")
 
 ACTIVE = "active"
 COMPLETE = "complete"

@@ -40,7 +40,7 @@ def setHeader(request: Any, name: str, value: object) -> None:
 
 
 _FORWARDED_PAIR = re.compile(r'\s*([a-zA-Z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)')
-_SAFE_HOST = re.compile(r"^[A-Za-z0-9.\-\[\]:]+$")
+_SAFE_HOST = re.compile(r"^[A-Za-z0-9.\-\[\]:]+\Z")
 
 
 def baseURL(request: Any, trustProxy: bool) -> str:

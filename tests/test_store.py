@@ -63,7 +63,7 @@ class CreateTests(StoreTestCase):
         self.assertEqual([e for e, _ in self.events], [POST_CREATE, POST_FINISH])
 
     def test_idsThatAreNotOursAreNotFound(self) -> None:
-        for bad in ("../../etc/passwd", "ABCDEF", "0" * 31, "0" * 33, "g" * 32, ""):
+        for bad in ("../../etc/passwd", "ABCDEF", "0" * 31, "0" * 33, "g" * 32, "", "0" * 32 + "\n"):
             self.assertRaises(UploadNotFound, self.store.get, bad)
             self.assertRaises(UploadNotFound, self.store.dataPath, bad)
         self.assertEqual(os.listdir(os.path.join(self.directory, "uploads")), [])

@@ -67,7 +67,7 @@ from chunkd.streaming import BodySink, StreamingRequest
 from chunkd.uploads import UploadService, WritePlan
 from chunkd.web import header, setHeader
 
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
+_DIGITS = re.compile(r"^[0-9]{1,19}\Z")
 #: the longest identifier, file name, relative path or type accepted, in
 #: characters: far beyond any real file system, short enough to keep
 #: records and request lines small.

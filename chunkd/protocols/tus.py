@@ -403,7 +403,7 @@ def _releasing(failure: Any, upload: OpenUpload) -> Any:
     return failure
 
 
-_TOKEN_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+$")
+_TOKEN_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+\Z")
 
 
 def safeContentType(value: Optional[str]) -> str:

@@ -21,8 +21,8 @@ from chunkd.web import header, setHeader
 TUS_VERSION = "1.0.0"
 OFFSET_STREAM = "application/offset+octet-stream"
 CHECKSUMS = {"sha1": hashlib.sha1, "md5": hashlib.md5, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
-_METADATA_KEY = re.compile(r"^[^\s,]+$")
+_DIGITS = re.compile(r"^[0-9]{1,19}\Z")
+_METADATA_KEY = re.compile(r"^[^\s,]+\Z")
 
 
 def httpDate(epoch: float) -> str:

@@ -77,7 +77,7 @@ class ParseCountTests(unittest.TestCase):
 
     def test_notPlainNumbersNameTheHeader(self) -> None:
         for text in ["", "+5", "-5", "-0", " 5", "5 ", "5 6", "1" * 20, "5.0", "1e3", "0x10",
-                     "five", "\u0665", "\uff15", "5,6"]:
+                     "five", "\u0665", "\uff15", "5,6", "5\n"]:
             with self.assertRaises(BadRequest, msg=repr(text)) as caught:
                 parseCount("Upload-Length", text)
             self.assertIn("Upload-Length", caught.exception.reason)
