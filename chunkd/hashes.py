@@ -98,6 +98,11 @@ class RunningHashes:
 
     # -- caught up from the file ------------------------------------------------
 
+    def covered(self, uploadId: str) -> int:
+        """How many leading bytes the entry has taken in (0 without one)."""
+        entry = self._entries.get(uploadId)
+        return entry.covered if entry is not None else 0
+
     def catchUp(self, uploadId: str, path: str, end: int) -> None:
         """
         Hash C{path} up to C{end} (the end of the bytes known to be stored

@@ -286,14 +286,16 @@ def sanitizeRelativePath(path: str, fallback: str) -> str:
 # -- the chunk map --------------------------------------------------------------
 
 
-def storedEnd(record: UploadRecord) -> int:
+def storedEnd(record: UploadRecord, start: int = 0) -> int:
     """
     Where the run of stored chunks at the front of the file ends: the
-    bytes the running hash may take in now.
+    bytes the running hash may take in now.  C{start}, a chunk boundary
+    known to lie inside that run (where the running hash stands), spares
+    looking at the chunks before it again on every chunk.
     """
     chunks = ChunkMap.of(record)
     size = record.extra["chunkSize"]
-    number = 1
+    number = start // size + 1
     while number <= chunks.count and chunks.has(number):
         number += 1
     if number > chunks.count:
@@ -507,7 +509,9 @@ class ChunkProtocol:
         if ChunkMap.of(record).full and record.published is None:
             await self._finish(record.id)
             return ChunkAnswer(record.id, chunk.number, True)
-        self.uploads.hashes.catchUp(record.id, self.store.dataPath(record.id), storedEnd(record))
+        hashes = self.uploads.hashes
+        end = storedEnd(record, hashes.covered(record.id))
+        hashes.catchUp(record.id, self.store.dataPath(record.id), end)
         return ChunkAnswer(record.id, chunk.number, record.published is not None)
 
     # -- finding and creating uploads -------------------------------------------------
