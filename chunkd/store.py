@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, Optional
 
 from twisted.internet.defer import Deferred
@@ -127,7 +127,12 @@ class UploadRecord:
         return self.state == COMPLETE
 
     def toJSON(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
+        # Not dataclasses.asdict: it deep-copies every value first, and a
+        # record is written on every chunk.  Only the publication nests.
+        raw = dict(vars(self))
+        if self.published is not None:
+            raw["published"] = vars(self.published)
+        return json.dumps(raw, sort_keys=True).encode("utf-8")
 
     @classmethod
     def fromJSON(cls, data: bytes) -> "UploadRecord":
