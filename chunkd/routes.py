@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
 from chunkd.config import Config
-from chunkd.errors import UploadError, internalError
+from chunkd.errors import UploadError, diskError, internalError
 from chunkd.streaming import BodySink, BoundedBody, DiscardBody
 
 log = Logger()
@@ -137,6 +137,9 @@ class RouteTable:
             sink = factory(request, **match.args)
         except UploadError as e:
             return DiscardBody(e)
+        except OSError as e:
+            log.error("storage error choosing a body sink for {uri}: {error}", uri=request.uri, error=str(e))
+            return DiscardBody(diskError(e, "reading the upload"))
         except Exception:
             log.failure("choosing a body sink for {uri}", uri=request.uri)
             return DiscardBody(internalError())

@@ -67,6 +67,9 @@ def isUploadId(value: str) -> bool:
     return bool(_ID.match(value))
 
 
+#: how often a record read that answered ESTALE is tried again
+_STALE_RETRIES = 5
+
 #: the record format written now; older records are upgraded on load.
 RECORD_SCHEMA = 2
 
@@ -242,14 +245,23 @@ class UploadStore:
 
         @raise UploadNotFound: no such upload (or a malformed id).
         """
-        try:
-            with open(self.recordPath(uploadId), "rb") as f:
-                return UploadRecord.fromJSON(f.read())
-        except FileNotFoundError:
-            raise noSuchUpload() from None
-        except (ValueError, TypeError):
-            self.log.error("unreadable record for upload {uploadId}", uploadId=uploadId)
-            raise noSuchUpload() from None
+        path = self.recordPath(uploadId)
+        for attempt in range(_STALE_RETRIES):
+            try:
+                with open(path, "rb") as f:
+                    return UploadRecord.fromJSON(f.read())
+            except FileNotFoundError:
+                raise noSuchUpload() from None
+            except OSError as e:
+                # On a shared file system (GlusterFS, NFS) a record another
+                # host just replaced can answer ESTALE: the name now points
+                # at the new file, so opening it again reads that one.
+                if e.errno != errno.ESTALE or attempt == _STALE_RETRIES - 1:
+                    raise
+            except (ValueError, TypeError):
+                self.log.error("unreadable record for upload {uploadId}", uploadId=uploadId)
+                raise noSuchUpload() from None
+        raise AssertionError("unreachable")
 
     def getLive(self, uploadId: str) -> UploadRecord:
         """

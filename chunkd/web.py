@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from chunkd.config import Config
-from chunkd.errors import UploadError, internalError
+from chunkd.errors import UploadError, diskError, internalError
 from chunkd.routes import RouteTable
 from chunkd.streaming import StreamingRequest
 
@@ -262,6 +262,15 @@ def buildRoutes(protocols: List[Any]) -> "tuple[RouteTable, List[str]]":
         error = cast(HTTPException, failure.value)
         reason = "no such resource" if error.code == 404 else "method not allowed here"
         return renderError(request, UploadError(reason, status=error.code or 400))
+
+    @app.handle_errors(OSError)
+    def storageError(request: Any, failure: Failure) -> bytes:
+        # The storage failed under a route (a shared file system that keeps
+        # answering ESTALE, say): one line for the operator, the mapped
+        # answer for the client, no traceback.
+        log.error("storage error answering {method} {uri}: {error}",
+                  method=request.method, uri=request.uri, error=str(failure.value))
+        return renderError(request, diskError(cast(OSError, failure.value), "reading the upload"))
 
     @app.handle_errors(Exception)
     def unexpected(request: Any, failure: Failure) -> bytes:

@@ -54,6 +54,8 @@ class Items:
             raise BadRequest("bad item")
         if item_id == "boom":
             raise RuntimeError("bug")
+        if item_id == "stale":
+            raise OSError(116, "Stale file handle")
         if item_id == "small":
             return None
         self.sinks.append({"kind": "patch", "id": item_id})
@@ -114,6 +116,12 @@ class RouteTableTests(unittest.TestCase):
         failure = self.failureResultOf(sink.result(), UploadError)
         self.assertEqual((failure.value.status, failure.value.reason), (500, "internal error"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_aStorageErrorDecidingIsMappedNotATraceback(self) -> None:
+        _, sink = self.sinkFor(b"PATCH", b"/items/stale")
+        failure = self.failureResultOf(sink.result(), UploadError)
+        self.assertEqual((failure.value.status, failure.value.reason), (500, "reading the upload failed"))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_percentEncodedPathsMatchAsKleinDecodesThem(self) -> None:
         request, sink = self.sinkFor(b"PATCH", b"/items/a%20b")

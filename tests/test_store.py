@@ -5,6 +5,7 @@ files, and no socket.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -212,3 +213,45 @@ class SchemaTests(unittest.TestCase):
                "extra": {"publishing": "clip.mp4"}}
         record = UploadRecord.fromJSON(json.dumps(raw).encode())
         self.assertEqual((record.publishing, record.published, record.extra), ("clip.mp4", None, {}))
+
+
+class StaleHandleTests(StoreTestCase):
+    """
+    Seen on GlusterFS with three processes: reading a record another
+    process had just replaced failed with ESTALE, which reached the client
+    as a 500.  The name points at the new record: a fresh open reads it.
+    """
+
+    @defer.inlineCallbacks
+    def test_aStaleHandleIsOpenedAgain(self) -> Any:
+        import builtins
+
+        record = yield self.store.create("tus", 10, None)
+        realOpen = builtins.open
+        stale = [2]
+
+        def flakyOpen(path: Any, *args: Any, **kw: Any) -> Any:
+            if str(path) == self.store.recordPath(record.id) and stale[0]:
+                stale[0] -= 1
+                raise OSError(errno.ESTALE, "Stale file handle")
+            return realOpen(path, *args, **kw)
+
+        self.patch(builtins, "open", flakyOpen)
+        self.assertEqual(self.store.get(record.id).id, record.id)
+        self.assertEqual(stale, [0])
+
+    @defer.inlineCallbacks
+    def test_aHandleThatStaysStaleIsAnError(self) -> Any:
+        import builtins
+
+        record = yield self.store.create("tus", 10, None)
+        realOpen = builtins.open
+
+        def staleOpen(path: Any, *args: Any, **kw: Any) -> Any:
+            if str(path) == self.store.recordPath(record.id):
+                raise OSError(errno.ESTALE, "Stale file handle")
+            return realOpen(path, *args, **kw)
+
+        self.patch(builtins, "open", staleOpen)
+        error = self.assertRaises(OSError, self.store.get, record.id)
+        self.assertEqual(error.errno, errno.ESTALE)

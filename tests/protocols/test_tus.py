@@ -532,3 +532,32 @@ class OtherProtocolTests(TusTestCase):
         yield r.content()
         self.assertEqual(r.code, 404)
         self.assertEqual(self.store.get(record.id).state, "active")
+
+
+class StaleRecordTests(TusTestCase):
+    """
+    A shared file system that keeps answering ESTALE for a record: the
+    client gets a one-line 500, never a traceback, and the log one line.
+    """
+
+    @defer.inlineCallbacks
+    def test_aRecordThatStaysStaleIsA500WithAReason(self) -> Any:
+        import errno
+
+        from chunkd.store import UploadStore
+
+        uploadId = yield self.createId(5)
+
+        def stale(store: UploadStore, upload: str) -> Any:
+            raise OSError(errno.ESTALE, "Stale file handle")
+
+        # (TusTestCase.patch sends a PATCH: monkey-patch by hand.)
+        real = UploadStore.get
+        UploadStore.get = stale  # type: ignore[method-assign]
+        self.addCleanup(setattr, UploadStore, "get", real)
+        r = yield self.head(uploadId)
+        self.assertEqual(r.code, 500)
+        r = yield self.patch(uploadId, 0, b"hello")
+        body = yield r.content()
+        self.assertEqual((r.code, body), (500, b"reading the upload failed\n"))
+        self.assertEqual(self.flushLoggedErrors(), [])
