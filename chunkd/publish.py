@@ -26,11 +26,12 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Mapping, Optional
 
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from chunkd.complete import CompletedFiles
 from chunkd.disk import DiskService
-from chunkd.errors import dataGone, diskError
+from chunkd.errors import ServiceUnavailable, dataGone, diskError
 from chunkd.hashes import RunningHashes
 from chunkd.store import COMPLETE, OpenUpload, Publication, UploadRecord, UploadStore
 
@@ -44,6 +45,10 @@ class Publisher:
     """
 
     log = Logger()
+    #: how long, and how often, L{adopt} looks for a publication another
+    #: process has under way
+    adoptWait = 10.0
+    adoptPoll = 0.05
 
     def __init__(self, store: UploadStore, disk: DiskService, directory: str,
                  hashes: Optional[RunningHashes] = None) -> None:
@@ -112,11 +117,24 @@ class Publisher:
         The record of an upload whose data file is gone: published (by
         another request or process, or by a publication cut short that
         this finishes), else L{UploadGone}.
+
+        Another process may be publishing it right now: its record says
+        where the file is going, the file has moved, and its sidecar is
+        not written yet.  That is waited for (up to L{adoptWait} seconds,
+        then 503: the client tries again), never answered as lost data.
         """
-        done = await self._settled(record)
-        if done is None:
-            raise dataGone()
-        return done
+        waited = 0.0
+        while True:
+            done = await self._settled(record)
+            if done is not None:
+                return done
+            if record.publishing is None:
+                raise dataGone()
+            if waited >= self.adoptWait:
+                raise ServiceUnavailable("the upload is being published; try again")
+            await deferLater(self.disk.reactor, self.adoptPoll, lambda: None)
+            waited += self.adoptPoll
+            record = self.store.get(record.id)
 
     async def _settled(self, record: UploadRecord) -> Optional[UploadRecord]:
         """

@@ -19,11 +19,11 @@ from twisted.trial import unittest
 
 from chunkd import hashes as hashesModule
 from chunkd.complete import CompletedFiles
-from chunkd.errors import InsufficientStorage, InternalError, UploadGone
+from chunkd.errors import InsufficientStorage, InternalError, ServiceUnavailable, UploadGone
 from chunkd.hashes import sha256OfFile
 from chunkd.publish import Publisher
 from chunkd.store import COMPLETE, UploadStore
-from tests.helpers import startedDisk
+from tests.helpers import deferLater, startedDisk
 
 
 class PublishTestCase(unittest.TestCase):
@@ -186,5 +186,54 @@ class RecoveryTests(PublishTestCase):
             json.dump({"id": record.id, "created": record.created - 1, "size": 3, "sha256": "x",
                        "completedAt": 1.0}, f)
         os.unlink(self.store.dataPath(record.id))
+        self.publisher.adoptWait = 0.2
+        # Its own sidecar never comes: after the wait, "try again", not a
+        # publication that is someone else's.
+        yield self.assertFailure(defer.ensureDeferred(self.publisher.adopt(self.store.get(record.id))),
+                                 ServiceUnavailable)
+
+    @defer.inlineCallbacks
+    def test_dataGoneWithoutAPublicationIsGone(self) -> Any:
+        record = yield self.written(b"abc")
+        os.unlink(self.store.dataPath(record.id))
         yield self.assertFailure(defer.ensureDeferred(self.publisher.adopt(self.store.get(record.id))),
                                  UploadGone)
+
+    @defer.inlineCallbacks
+    def test_aPublicationUnderWayElsewhereIsWaitedFor(self) -> Any:
+        """
+        Seen with Resumable.js on three processes: the process that lost
+        the race to complete an upload found its data already moved, before
+        the winner wrote the sidecar, and answered 410 for a stored chunk.
+        """
+        record = yield self.written(b"abc")
+        moved = threading.Event()
+        proceed = threading.Event()
+        self.addCleanup(proceed.set)
+        real = CompletedFiles.publish
+
+        def slowSidecar(area: CompletedFiles, source: str, name: str, info: Any, durable: bool = True) -> str:
+            target = os.path.join(area.directory, name)
+            os.link(source, target)
+            os.unlink(source)
+            moved.set()
+            proceed.wait(10)
+            # Put the source back as it was, and let the real step finish
+            # (it takes its own link up and writes the sidecar).
+            os.link(target, source)
+            return real(area, source, name, info, durable)
+
+        self.patch(CompletedFiles, "publish", slowSidecar)
+        upload = self.store.open(record.id)
+        self.addCleanup(upload.close)
+        winner = defer.ensureDeferred(self.publisher.publish(upload, "a.txt", 3, None))
+        yield self.disk.run(moved.wait, 10)
+        other = Publisher(self.store, self.disk, self.complete)  # another process's
+        loser = defer.ensureDeferred(other.adopt(self.store.get(record.id)))
+        yield deferLater(0.2)
+        self.assertNoResult(loser)
+        proceed.set()
+        first = yield winner
+        second = yield loser
+        self.assertEqual((second.state, second.published), (COMPLETE, first.published))
+        self.assertEqual(sorted(os.listdir(self.complete)), ["a.txt", "a.txt.json"])
