@@ -17,6 +17,16 @@ spool file under C{<storage>/hooks/}, then sent, retried with exponential
 backoff (capped at C{hooks.max_backoff}) until a receiver answers 2xx, and
 only then removed; spooled deliveries are sent again when chunkd starts, so
 an event survives a restart as well as an unreachable receiver.
+
+Several processes share one spool (they share the storage directory).  A
+process I{claims} a delivery before sending it: an exclusive C{flock} on
+the spool file, held through every retry until the file is removed.  So a
+delivery is sent by one process at a time, and when that process dies the
+kernel (or the shared file system) drops its locks, and another process's
+periodic look at the spool (every L{HookSender.rescanInterval} seconds)
+takes the delivery over.  Only a process that dies between the receiver's
+2xx and removing the file makes a delivery arrive twice: receivers dedupe
+on C{Chunkd-Delivery}.
 """
 
 from __future__ import annotations
@@ -29,9 +39,12 @@ import secrets
 import time
 from typing import Any, Dict, List, Optional, Union
 
+import fcntl
+
 from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -70,6 +83,9 @@ def describe(store: UploadStore, record: UploadRecord) -> Dict[str, Any]:
 class HookSender(Service):
     name = "hooks"
     log = Logger()
+    #: seconds between looks at the spool for deliveries nobody holds (a
+    #: dead process's): a directory listing, cheap while the spool is empty
+    rescanInterval = 1.0
 
     def __init__(self, config: Config, store: UploadStore, reactor: Any) -> None:
         self.config = config
@@ -80,6 +96,10 @@ class HookSender(Service):
         self._client = HTTPClient(Agent(reactor, pool=self._pool))
         self._retries: Dict[str, Any] = {}
         self._inflight: "set[Deferred[Any]]" = set()
+        #: spool files this process has claimed: path -> the descriptor
+        #: holding the flock
+        self._claims: Dict[str, int] = {}
+        self._rescan = LoopingCall(self.rescan)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -88,9 +108,23 @@ class HookSender(Service):
         os.makedirs(self.spool, exist_ok=True)
         self.store.events.subscribe(self._onEvent)
         self._installPreCreate()
-        for name in sorted(os.listdir(self.spool)):
-            if name.endswith(".json"):
-                self._send(os.path.join(self.spool, name), attempt=0)
+        self._rescan.clock = self.reactor
+        self._rescan.start(self.rescanInterval, now=True)
+
+    def rescan(self) -> None:
+        """
+        Send every spooled delivery no process holds: at start, and then
+        now and again to take over those of a process that died.
+        """
+        try:
+            names = sorted(os.listdir(self.spool))
+        except OSError as e:
+            self.log.error("cannot read the hook spool: {error}", error=str(e))
+            return
+        for name in names:
+            path = os.path.join(self.spool, name)
+            if name.endswith(".json") and path not in self._claims:
+                self._send(path, attempt=0)
 
     def stopService(self) -> Deferred[Any]:
         """
@@ -99,12 +133,55 @@ class HookSender(Service):
         C{hooks.timeout}), then close the connections.
         """
         super().stopService()
+        if self._rescan.running:
+            self._rescan.stop()
         for call in self._retries.values():
             if call.active():
                 call.cancel()
         self._retries.clear()
         d = DeferredList(list(self._inflight), consumeErrors=True)
-        return d.addCallback(lambda _: self._pool.closeCachedConnections())
+
+        def release(_: Any) -> Any:
+            # What is still spooled is another process's to send now.
+            for path in list(self._claims):
+                self._release(path)
+            return self._pool.closeCachedConnections()
+
+        return d.addCallback(release)
+
+    def _claim(self, path: str) -> Optional[int]:
+        """
+        Take the delivery at C{path} for this process: its descriptor,
+        holding an exclusive flock, or C{None} if another process holds it
+        or it was delivered meanwhile.
+        """
+        held = self._claims.get(path)
+        if held is not None:
+            return held
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Removed by its sender between our open and our lock: done.
+            if os.fstat(fd).st_nlink == 0:
+                raise FileNotFoundError(path)
+        except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            return None
+        self._claims[path] = fd
+        return fd
+
+    def _release(self, path: str) -> None:
+        fd = self._claims.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _done(self, path: str) -> None:
+        """Delivered or dropped: remove the file, then let go of it."""
+        _unlink(path)
+        self._release(path)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -175,19 +252,24 @@ class HookSender(Service):
     def _send(self, path: str, attempt: int) -> None:
         self._retries.pop(path, None)
         if not self.running:
+            self._release(path)  # stopped: another sender may take it
             return
+        fd = self._claim(path)
+        if fd is None:
+            return  # another process is sending it, or it was sent
         try:
-            with open(path, "rb") as f:
-                entry = json.load(f)
+            # Read through the claimed descriptor: closing another one could
+            # drop the lock where flock and POSIX locks share a lock space.
+            entry = json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
         except (OSError, ValueError):
             self.log.error("unreadable hook spool file {path}; dropped", path=path)
-            _unlink(path)
+            self._done(path)
             return
         endpoint = next((e for e in self.config.hooks.endpoints
                          if e.url == entry["url"] and entry["event"] in e.events), None)
         if endpoint is None:
             self.log.info("hook receiver {url} no longer wants {event}; dropped", **entry)
-            _unlink(path)
+            self._done(path)
             return
         d = self._post(endpoint, entry["event"], entry["body"].encode("utf-8"), entry["delivery"])
 
@@ -198,7 +280,7 @@ class HookSender(Service):
 
         def delivered(code: int) -> None:
             if 200 <= code < 300:
-                _unlink(path)
+                self._done(path)
                 return
             self._retry(path, attempt, f"HTTP {code}")
 
@@ -214,6 +296,7 @@ class HookSender(Service):
 
     def _retry(self, path: str, attempt: int, why: str) -> None:
         if not self.running:
+            self._release(path)
             return
         delay = min(2.0 ** attempt, self.config.hooks.max_backoff)
         self.log.warn("hook delivery {name} failed ({why}); retry in {delay:.0f}s",

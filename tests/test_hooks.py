@@ -278,3 +278,88 @@ class OtherProtocolsTests(HookTestCase):
         finished = events[1][1]
         self.assertEqual((finished["protocol"], finished["sha256"], os.path.basename(finished["path"])),
                          ("facade", hashlib.sha256(b"hello").hexdigest(), "clip.mp4"))
+
+
+class HoldingReceiver(Receiver):
+    """A receiver that keeps its answers back until told (a slow one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: List[Any] = []
+        self.holding = True
+
+    def render_POST(self, request: Any) -> Any:
+        answer = super().render_POST(request)
+        if not self.holding:
+            return answer
+        self.held.append((request, answer))
+        return server.NOT_DONE_YET
+
+    def release(self) -> None:
+        self.holding = False
+        held, self.held = self.held, []
+        for request, answer in held:
+            request.write(answer)
+            request.finish()
+
+
+class SharedSpoolTests(HookTestCase):
+    """
+    Several processes share one spool.  Seen with three processes (issue
+    11): one that (re)started sent every spooled delivery, including those
+    another live process was still sending -- the same Chunkd-Delivery
+    arrived twice, every run.  A second HookSender on the same storage is
+    such a process (flock excludes open files, not only processes).
+    """
+
+    events = ["post-create"]
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        self.holding = HoldingReceiver()
+        self.holding.replies = self.receiver.replies
+        self.receiver = self.holding
+        port = self.receiverPort.getHost().port
+        yield self.receiverPort.stopListening()
+        self.receiverPort = yield TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(
+            server.Site(self.holding))
+        self.addCleanup(self.receiverPort.stopListening)
+
+    def deliveries(self) -> List[str]:
+        return [headers["chunkd-delivery"] for _, _, headers in self.receiver.received]
+
+    @defer.inlineCallbacks
+    def test_aDeliveryInFlightIsNotSentByAnotherProcess(self) -> Any:
+        yield self.createId(3)
+        yield self.waitFor(1)  # in flight, held by the receiver
+        other = HookSender(self.config, self.store, reactor)
+        other.startService()
+        self.addCleanup(other.stopService)
+        yield deferLater(1.5)  # its start and a rescan (every second)
+        self.holding.release()
+        yield self.assertSpoolEmptied(40)
+        self.assertEqual(len(self.deliveries()), 1, self.deliveries())
+
+    @defer.inlineCallbacks
+    def test_aDeadSendersDeliveriesAreTakenOver(self) -> Any:
+        self.holding.holding = False
+        self.receiver.replies.extend([(500, b"down")] * 3)
+        yield self.createId(3)
+        yield self.waitFor(1)
+        # The sending process dies: the kernel drops its locks, its timers
+        # never fire.
+        for call in self.hooks._retries.values():
+            call.cancel()
+        for fd in self.hooks._claims.values():
+            os.close(fd)
+        self.hooks._claims.clear()
+        self.hooks.running = False
+        self.hooks._rescan.stop()
+        other = HookSender(self.config, self.store, reactor)
+        other.startService()
+        self.addCleanup(other.stopService)
+        yield self.assertSpoolEmptied(80)
+        codes = len(self.receiver.received)
+        self.assertEqual(len(set(self.deliveries())), 1)  # one delivery, retried until a 2xx
+        self.assertLessEqual(codes, 4)
