@@ -24,21 +24,38 @@ from chunkd.web import ChunkdSite
 
 class Reconciler(Service):
     """
-    Checks every upload record against its data file when chunkd starts.
+    Checks every upload record against its data file when chunkd starts --
+    in the disk pool, in the background: the first request is answered at
+    once however many records there are, and each upload is corrected only
+    under its own lock (L{UploadStore.reconcile}), so a process that starts
+    beside others serving the same directory never corrects an upload they
+    are writing.
     """
 
     log = Logger()
 
     def __init__(self, store: UploadStore) -> None:
         self.store = store
+        self.done: "Deferred[Any] | None" = None
 
     def startService(self) -> None:
         super().startService()
-        counts = self.store.reconcile()
-        self.log.info(
-            "loaded {records} upload records ({missing} without data, {truncated} offsets corrected)",
-            **counts,
-        )
+        started = self.store.clock()
+        d = self.store.disk.run(self.store.reconcile, lambda: not self.running)
+
+        def report(counts: Any) -> None:
+            self.log.info(
+                "checked {records} upload records in {seconds:.1f}s ({missing} without data, "
+                "{truncated} offsets corrected, {busy} being written elsewhere)",
+                seconds=self.store.clock() - started, **counts,
+            )
+
+        d.addCallbacks(report, lambda f: self.log.failure("checking the upload records failed", f))
+        self.done = d
+
+    def stopService(self) -> "Deferred[Any] | None":
+        super().stopService()
+        return self.done
 
 
 class WebService(Service):

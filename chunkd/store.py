@@ -499,32 +499,64 @@ class UploadStore:
         self.save(record, durable=False)
         self._emit(POST_EXPIRE if state == EXPIRED else POST_TERMINATE, record)
 
-    def reconcile(self) -> Dict[str, int]:
+    def reconcile(self, stopping: Callable[[], bool] = lambda: False) -> Dict[str, int]:
         """
-        Check every record against its data file at start-up: an active
-        record whose data is missing becomes a tombstone; a recorded offset
-        beyond the data file (impossible unless files were tampered with) is
-        pulled back to what the file holds.  Returns counts for the log.
+        Check every record against its data file: an active record whose
+        data is missing becomes a tombstone; a recorded offset beyond the
+        data file (impossible unless files were tampered with) is pulled
+        back to what the file holds.  Blocking: run it in the disk pool.
+
+        Other processes may be serving this directory meanwhile, so an
+        upload is corrected only under its own lock, and one that somebody
+        holds -- it is being written, so it is alive -- is left alone;
+        every correction re-reads the record under the record lock.
+
+        @param stopping: asked between records; C{True} ends the pass.
+        @return: counts for the log.
         """
-        counts = {"records": 0, "missing": 0, "truncated": 0}
+        counts = {"records": 0, "missing": 0, "truncated": 0, "busy": 0}
         for record in self.records():
+            if stopping():
+                break
             counts["records"] += 1
-            if record.state not in (ACTIVE, COMPLETE):
-                continue
-            if record.published is not None:
-                continue  # its data moved to the completed-files area
             try:
-                size = os.stat(self.dataPath(record.id)).st_size
-            except FileNotFoundError:
-                if record.publishing is not None:
-                    continue  # moved to the completed area by a publication cut short
-                counts["missing"] += 1
-                record.state = EXPIRED
-                self.save(record)
-                continue
-            if record.offset > size:
-                counts["truncated"] += 1
-                record.offset = size
-                record.state = ACTIVE
-                self.save(record)
+                self._reconcileOne(record, counts)
+            except UploadError:
+                continue  # gone meanwhile
         return counts
+
+    def _reconcileOne(self, record: UploadRecord, counts: Dict[str, int]) -> None:
+        if record.state not in (ACTIVE, COMPLETE):
+            return
+        if record.published is not None or record.publishing is not None:
+            return  # its data moved (or is moving) to the completed-files area
+        uploadId = record.id
+        dataPath = self.dataPath(uploadId)
+        fd = self.tryLock(uploadId)
+        if fd is None:
+            if os.path.exists(dataPath):
+                counts["busy"] += 1
+                return
+
+            def expireIfStillMissing(r: UploadRecord) -> None:
+                if (r.state in (ACTIVE, COMPLETE) and r.published is None and r.publishing is None
+                        and not os.path.exists(dataPath)):
+                    r.state = EXPIRED
+                    counts["missing"] += 1
+
+            self._updateNow(uploadId, expireIfStillMissing)
+            return
+        try:
+            size = os.fstat(fd).st_size
+            if record.offset <= size:
+                return
+
+            def pullBack(r: UploadRecord) -> None:
+                if r.offset > size:
+                    r.offset = size
+                    r.state = ACTIVE
+                    counts["truncated"] += 1
+
+            self._updateNow(uploadId, pullBack)
+        finally:
+            os.close(fd)

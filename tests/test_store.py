@@ -167,13 +167,47 @@ class ReconcileTests(StoreTestCase):
         yield self.store.update(cutShort.id, lambda r: setattr(r, "publishing", "clip.mp4"))
 
         counts = self.store.reconcile()
-        self.assertEqual(counts, {"records": 4, "missing": 1, "truncated": 1})
+        self.assertEqual(counts, {"records": 4, "missing": 1, "truncated": 1, "busy": 0})
         self.assertEqual(self.store.get(lost.id).state, EXPIRED)
         self.assertEqual(self.store.get(ahead.id).offset, 4)
         self.assertEqual(self.store.get(published.id).state, COMPLETE)
         self.assertEqual(self.store.get(cutShort.id).state, ACTIVE)
         yield self.settle()
         self.assertNotIn(POST_EXPIRE, [e for e, _ in self.events])  # reconciliation is not expiry
+
+
+class ReconcileBesideOtherProcessesTests(StoreTestCase):
+    """
+    A process that starts beside others serving the same directory never
+    corrects an upload one of them is writing (a second open file
+    description stands for the other process: flock excludes it the same).
+    """
+
+    @defer.inlineCallbacks
+    def test_anUploadBeingWrittenIsLeftAlone(self) -> Any:
+        record = yield self.store.create("tus", 10, None)
+        os.truncate(self.store.dataPath(record.id), 0)  # not preallocated yet, say
+        yield self.store.update(record.id, lambda r: setattr(r, "offset", 8))
+        writer = self.store.open(record.id)  # "another process" writes it
+        counts = self.store.reconcile()
+        self.assertEqual((counts["busy"], counts["truncated"]), (1, 0))
+        self.assertEqual(self.store.get(record.id).offset, 8)
+        writer.close()
+        self.assertEqual(self.store.reconcile()["truncated"], 1)
+        self.assertEqual(self.store.get(record.id).offset, 0)
+
+    @defer.inlineCallbacks
+    def test_aSharedWriterCountsAsWriting(self) -> Any:
+        record = yield self.store.create("resumable", 10, None)
+        chunkWriter = self.store.openShared(record.id)
+        self.addCleanup(chunkWriter.close)
+        self.assertEqual(self.store.reconcile()["busy"], 1)
+
+    @defer.inlineCallbacks
+    def test_stoppingEndsThePass(self) -> Any:
+        for _ in range(3):
+            yield self.store.create("tus", 1, None)
+        self.assertEqual(self.store.reconcile(lambda: True)["records"], 0)
 
 
 class SchemaTests(unittest.TestCase):
