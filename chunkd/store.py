@@ -532,6 +532,11 @@ class UploadStore:
             return  # its data moved (or is moving) to the completed-files area
         uploadId = record.id
         dataPath = self.dataPath(uploadId)
+        try:
+            if record.offset <= os.stat(dataPath).st_size:
+                return  # the usual case: nothing to correct, no lock needed
+        except FileNotFoundError:
+            pass
         fd = self.tryLock(uploadId)
         if fd is None:
             if os.path.exists(dataPath):

@@ -199,9 +199,12 @@ class ReconcileBesideOtherProcessesTests(StoreTestCase):
     @defer.inlineCallbacks
     def test_aSharedWriterCountsAsWriting(self) -> Any:
         record = yield self.store.create("resumable", 10, None)
+        os.truncate(self.store.dataPath(record.id), 0)
+        yield self.store.update(record.id, lambda r: setattr(r, "offset", 8))
         chunkWriter = self.store.openShared(record.id)
         self.addCleanup(chunkWriter.close)
         self.assertEqual(self.store.reconcile()["busy"], 1)
+        self.assertEqual(self.store.get(record.id).offset, 8)
 
     @defer.inlineCallbacks
     def test_stoppingEndsThePass(self) -> Any:
