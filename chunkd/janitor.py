@@ -189,8 +189,9 @@ class Janitor(Service):
         deadline = record.expires if record.expires is not None else (
             record.updated + self.config.janitor.expire_after)
         if record.state == ACTIVE and now >= deadline:
-            self.store.terminate(uploadId, state=EXPIRED)
-            report.expired += 1
+            # Another process's janitor may have got there first.
+            if self.store.terminate(uploadId, state=EXPIRED):
+                report.expired += 1
         else:
             report.active += 1
 

@@ -31,7 +31,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -442,18 +442,21 @@ class UploadStore:
         """
         return self._openLocked(uploadId, fcntl.LOCK_SH, "the upload is busy")
 
-    def _updateNow(self, uploadId: str, mutate: Callable[[UploadRecord], None]) -> UploadRecord:
+    def _updateNow(self, uploadId: str, mutate: Callable[[UploadRecord], Optional[bool]],
+                   durable: Optional[bool] = None) -> UploadRecord:
         # Runs in the disk pool.  The record lock is an flock on a lock file
         # beside the record: it excludes other threads and other processes
-        # for the few microseconds of a read-modify-write.
+        # for the few microseconds of a read-modify-write.  A mutation that
+        # returns False changed nothing: nothing is written.
         lockFd = os.open(self.recordPath(uploadId) + ".lock", os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(lockFd, fcntl.LOCK_EX)
             record = self.get(uploadId)
             before = record.state
-            mutate(record)
+            if mutate(record) is False:
+                return record
             record.updated = self.clock()
-            self.save(record)
+            self.save(record, durable)
             if before != COMPLETE and record.state == COMPLETE:
                 self._emit(POST_FINISH, record)
             return record
@@ -482,22 +485,38 @@ class UploadStore:
 
         return self.disk.run(commitNow)
 
-    def terminate(self, uploadId: str, state: str = TERMINATED) -> None:
+    def terminate(self, uploadId: str, state: str = TERMINATED) -> bool:
         """
         Delete an upload's data and leave its record as a tombstone, so
         later requests learn it is gone (410) rather than unknown (404).
-        The caller holds the upload's lock.
+        The caller holds the upload's lock when it has data.
+
+        Under the record lock, and only if it is not a tombstone already:
+        two processes' janitors (or a janitor and a DELETE) may both decide
+        to end an upload whose data is gone, and only one may announce it.
+        The tombstone need not be durable: after a crash its upload has no
+        data, and reconciliation makes it one again.
+
+        @return: whether this call ended it.
         """
-        record = self.get(uploadId)
-        record.state = state
-        record.updated = self.clock()
-        for path in (self.dataPath(uploadId), self.recordPath(uploadId) + ".lock"):
+        ended: List[UploadRecord] = []
+
+        def tombstone(record: UploadRecord) -> bool:
+            if record.state in (TERMINATED, EXPIRED):
+                return False
             try:
-                os.unlink(path)
+                os.unlink(self.dataPath(uploadId))
             except FileNotFoundError:
                 pass
-        self.save(record, durable=False)
+            record.state = state
+            ended.append(record)
+            return True
+
+        record = self._updateNow(uploadId, tombstone, durable=False)
+        if not ended:
+            return False
         self._emit(POST_EXPIRE if state == EXPIRED else POST_TERMINATE, record)
+        return True
 
     def reconcile(self, stopping: Callable[[], bool] = lambda: False) -> Dict[str, int]:
         """

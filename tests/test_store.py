@@ -118,6 +118,23 @@ class LockTests(StoreTestCase):
         self.assertIn((POST_TERMINATE, other.id), self.events)
 
 
+class TerminateTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_anUploadEndsOnceWhoeverEndsIt(self) -> Any:
+        """
+        Two processes' janitors (or a janitor and a DELETE) may both decide
+        to end an upload whose data is gone: one tombstone, one event.
+        """
+        record = yield self.store.create("tus", 10, None)
+        os.unlink(self.store.dataPath(record.id))
+        self.assertTrue(self.store.terminate(record.id, EXPIRED))
+        self.assertFalse(self.store.terminate(record.id, EXPIRED))
+        self.assertFalse(self.store.terminate(record.id, TERMINATED))
+        self.assertEqual(self.store.get(record.id).state, EXPIRED)
+        yield self.settle()
+        self.assertEqual([e for e, _ in self.events], [POST_CREATE, POST_EXPIRE])
+
+
 class CommitTests(StoreTestCase):
     @defer.inlineCallbacks
     def test_commitAppliesTheMutationUnderTheRecordLock(self) -> Any:
