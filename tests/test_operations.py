@@ -10,97 +10,13 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Dict, Optional
 
-import yaml
 from twisted.trial import unittest
 
-from tests.helpers import ROOT, freePort, patchHead
-
-
-# `python -m twisted` ends by re-raising the signal that stopped it, which
-# systemd counts as a clean exit for SIGTERM.
-CLEAN_EXIT = (0, -signal.SIGTERM)
-
-
-class Daemon:
-    def __init__(self, config: Dict, env: Optional[Dict[str, str]] = None) -> None:
-        self.dir = tempfile.mkdtemp(prefix="chunkd-ops-")
-        self.port = freePort()
-        self.configPath = os.path.join(self.dir, "chunkd.yaml")
-        self.config = dict(config, listen=f"tcp:port={self.port}:interface=127.0.0.1")
-        self.config.setdefault("storage", {"directory": os.path.join(self.dir, "data")})
-        self.writeConfig(self.config)
-        self.logPath = os.path.join(self.dir, "log")
-        self.log = open(self.logPath, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "twisted", "--log-format=text", "chunkd", "--config", self.configPath],
-            env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})), stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or self.process.poll() is not None:
-                    raise AssertionError("chunkd did not start:\n" + self.logText())
-                time.sleep(0.05)
-
-    def writeConfig(self, config: object) -> None:
-        with open(self.configPath, "w") as f:
-            f.write(config if isinstance(config, str) else yaml.safe_dump(config))
-
-    def logText(self) -> str:
-        with open(self.logPath, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def waitForLog(self, fragment: str, timeout: float = 10) -> None:
-        deadline = time.time() + timeout
-        while fragment not in self.logText():
-            if time.time() > deadline:
-                raise AssertionError(f"{fragment!r} never logged:\n{self.logText()}")
-            time.sleep(0.05)
-
-    def connect(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
-
-    def request(self, raw: bytes) -> bytes:
-        with self.connect() as s:
-            s.sendall(raw)
-            return readResponse(s)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
-def readResponse(s: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-            while len(body) < length:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                body += chunk
-    return head + b"\r\n\r\n" + body
+from tests.helpers import CLEAN_EXIT, Daemon, freePort, patchHead, readResponse
 
 
 def create(daemon: Daemon, length: int, extra: bytes = b"") -> str:
