@@ -126,6 +126,11 @@ class InsufficientStorage(UploadError):
 
 #: errnos that mean "no room": the client may retry once space is freed.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: errnos a shared file system answers once this host lost its connection,
+#: and with it the upload's lock (GlusterFS with client.strict-locks): the
+#: bytes are not written, and nothing is recorded; another host may take
+#: the upload over, so the client is told to try again (503).
+LOST_LOCK = frozenset({errno.ENOTCONN, errno.EBADFD})
 
 
 def noSuchUpload() -> UploadNotFound:
@@ -154,6 +159,8 @@ def diskError(error: BaseException, doing: str = "storing the upload") -> Upload
     """
     if isinstance(error, UploadError):
         return error
+    if isinstance(error, OSError) and error.errno in LOST_LOCK:
+        return ServiceUnavailable("the storage is unreachable; try again")
     if isinstance(error, OSError) and error.errno in NO_SPACE:
         return InsufficientStorage("the disk is full")
     if isinstance(error, OSError) and error.errno == errno.EXDEV:

@@ -11,7 +11,34 @@ Layout::
 The record on disk is the only truth: nothing about an upload lives only in
 one process's memory, and the per-upload lock is an C{flock} on the data
 file, which holds across processes (and across open file descriptions
-within one), so several chunkd processes can later serve one directory.
+within one).  So several chunkd processes, on one host or several, serve
+one directory with no coordinator of their own; what each relies on:
+
+  - C{flock} only, never fcntl/POSIX locks.  flock belongs to an open file
+    description, so closing another descriptor of the same file (reading a
+    record, hashing a data file) never drops it, as it would a POSIX lock;
+    and GlusterFS keeps flock and POSIX locks in one lock space (flock
+    against lockf conflicts there, unlike local Linux), so mixing the two
+    kinds would deadlock against ourselves.  Measured on GlusterFS 10.3
+    (../shared/docs/glusterfs.md): flock excludes across mounts and dies
+    with a SIGKILLed holder within milliseconds.  Locks: the data file (an
+    upload being written; shared for Resumable.js chunk writers), C{<id>.json.lock}
+    (a record's read-modify-write), the hook spool files (a delivery being
+    sent).
+  - C{O_EXCL} creation (one winner among processes creating an upload of
+    the same Resumable.js identifier) and C{rename} replacing a record
+    atomically: both atomic across GlusterFS mounts.
+  - C{posix_fallocate}, C{pwritev} at offsets from several hosts, and
+    C{copy_file_range}: all work on GlusterFS.
+  - Fresh reads.  A record another host replaced must be read as it is
+    now: with GlusterFS's default client caches another mount reads stale
+    sizes, data and deletions indefinitely, so chunkd needs the volume's
+    performance caches off and mounts with C{direct-io-mode=enable} and
+    zero attribute/entry timeouts (deploy/README.md).  A record read that
+    answers C{ESTALE} (replaced under an open handle) is opened again.
+  - A lost connection is a lost lock: GlusterFS with C{client.strict-locks}
+    answers C{ENOTCONN}/C{EBADFD} to a host cut off from the volume; such a
+    write is never recorded (L{chunkd.errors.LOST_LOCK}).
 
 An offset or a chunk is recorded only after its bytes were C{fdatasync}ed,
 so a crash can lose the tail of an upload but never claim bytes it lacks.

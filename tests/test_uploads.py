@@ -21,6 +21,7 @@ from chunkd.errors import (
     ChecksumMismatch,
     InsufficientStorage,
     OffsetMismatch,
+    ServiceUnavailable,
     TooLarge,
     UploadLocked,
     UploadNotFound,
@@ -191,6 +192,24 @@ class WriteTests(UploadServiceTestCase):
         upload = self.uploads.open(record.id, "tus")
         sink = self.uploads.write(upload, self.sequential(upload, 0, 10), None, None)
         yield self.assertFailure(self.send(sink, [b"abc"]), InsufficientStorage)
+        self.assertEqual(self.store.get(record.id).offset, 0)
+
+    @defer.inlineCallbacks
+    def test_aLostLockOnASharedFileSystemCountsNothing(self) -> Any:
+        """
+        GlusterFS with client.strict-locks answers ENOTCONN or EBADFD to a
+        host that lost its connection (and its lock): those bytes never
+        count, and the client is told to try again.
+        """
+        record = yield self.uploads.create("tus", 10)
+
+        def cutOff(fd: int, buffers: Any, offset: int) -> int:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+        self.patch(self.disk, "pwritev", cutOff)
+        upload = self.uploads.open(record.id, "tus")
+        sink = self.uploads.write(upload, self.sequential(upload, 0, 10), None, None)
+        yield self.assertFailure(self.send(sink, [b"abc"]), ServiceUnavailable)
         self.assertEqual(self.store.get(record.id).offset, 0)
 
     @defer.inlineCallbacks

@@ -55,7 +55,8 @@ class RenderErrorTests(unittest.TestCase):
         import errno
 
         for number, status in ((errno.ENOSPC, 507), (errno.EDQUOT, 507), (errno.EFBIG, 507),
-                               (errno.EIO, 500), (errno.EXDEV, 500)):
+                               (errno.EIO, 500), (errno.EXDEV, 500), (errno.ENOTCONN, 503),
+                               (errno.EBADFD, 503)):
             error = diskError(OSError(number, "text", "/secret/path"), "writing the upload")
             r = request()
             body = renderError(r, error)
