@@ -472,3 +472,139 @@ def readResponse(s: socket.socket) -> bytes:
                     break
                 body += chunk
     return head + b"\r\n\r\n" + body
+
+
+class GlusterVolume:
+    """
+    A real GlusterFS volume for a test: a private glusterd, a one-brick
+    volume under a temporary directory, and C{mounts} FUSE mounts of it --
+    to chunkd processes on different mounts it is what a shared file
+    system is to processes on different hosts.  Set up with the options
+    chunkd needs (deploy/README.md: client caches off, direct I/O, zero
+    attribute and entry timeouts) and torn down when the test ends.
+
+    Skips, naming the reason, where glusterd is not installed or FUSE is
+    not available; C{.ci/run} installs Debian's glusterfs-server and
+    glusterfs-client.
+    """
+
+    performanceOff = ("stat-prefetch", "quick-read", "write-behind", "open-behind", "io-cache",
+                      "read-ahead", "readdir-ahead")
+
+    def __init__(self, case: unittest.TestCase, mounts: int = 2) -> None:
+        import shutil
+
+        if shutil.which("glusterd") is None or shutil.which("gluster") is None:
+            raise unittest.SkipTest("GlusterFS is not installed (apt-get install glusterfs-server "
+                                    "glusterfs-client; .ci/run does)")
+        if not os.path.exists("/dev/fuse"):
+            raise unittest.SkipTest("no /dev/fuse on this machine: GlusterFS cannot be mounted")
+        self.base = tempfile.mkdtemp(prefix="chunkd-gfx-", dir="/var/tmp")
+        case.addCleanup(self.teardown)
+        for name in ("lib", "run", "log", "brick"):
+            os.makedirs(os.path.join(self.base, name))
+        self.volfile = os.path.join(self.base, "glusterd.vol")
+        with open(self.volfile, "w") as f:
+            f.write(f"""volume management
+    type mgmt/glusterd
+    option working-directory {self.base}/lib
+    option run-directory {self.base}/run
+    option glusterd-sockfile {self.base}/run/glusterd.socket
+    option transport-type socket
+    option transport.socket.listen-port 24007
+    option ping-timeout 0
+    option event-threads 1
+end-volume
+""")
+        self.glusterd = subprocess.Popen(
+            ["glusterd", "-N", "-f", self.volfile, "-l", f"{self.base}/log/glusterd.log",
+             "-p", f"{self.base}/glusterd.pid"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while self.cli("volume", "list", check=False).returncode != 0:
+            if time.time() > deadline or self.glusterd.poll() is not None:
+                raise AssertionError("glusterd did not start: " + self.logTail("glusterd.log"))
+            time.sleep(0.05)
+        host = socket.gethostname()  # the CLI refuses 127.0.0.1 and localhost
+        self.cli("volume", "create", "chunkd", f"{host}:{self.base}/brick", "force")
+        for option in self.performanceOff:
+            self.cli("volume", "set", "chunkd", f"performance.{option}", "off")
+        self.cli("volume", "start", "chunkd")
+        self.mounts: List[str] = []
+        for n in range(1, mounts + 1):
+            mountpoint = os.path.join(self.base, f"m{n}")
+            os.makedirs(mountpoint)
+            result = subprocess.run(
+                ["mount", "-t", "glusterfs", "-o",
+                 f"log-file={self.base}/log/m{n}.log,attribute-timeout=0,entry-timeout=0,"
+                 "negative-timeout=0,direct-io-mode=enable", f"{host}:/chunkd", mountpoint],
+                capture_output=True, timeout=60)
+            if result.returncode != 0:
+                raise AssertionError(f"mounting GlusterFS failed: {result.stderr.decode().strip()} "
+                                     + self.logTail(f"m{n}.log"))
+            self.mounts.append(mountpoint)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            ["gluster", "--mode=script", f"--glusterd-sock={self.base}/run/glusterd.socket",
+             f"--log-file={self.base}/log/cli.log", *args], capture_output=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"gluster {' '.join(args)}: {result.stdout.decode()} {result.stderr.decode()}")
+        return result
+
+    def logTail(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.base, "log", name), errors="replace") as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+    def teardown(self) -> None:
+        import shutil
+
+        with open("/proc/self/mounts") as f:
+            mounted = [line.split()[1] for line in f if line.split()[1].startswith(self.base + "/")]
+        for mountpoint in mounted:
+            if subprocess.run(["umount", mountpoint], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", mountpoint], capture_output=True)
+        # glusterd and the brick (and self-heal) processes it started: only
+        # those whose command line names this fixture's directory.
+        pids = []
+        for root, _, files in os.walk(os.path.join(self.base, "run")):
+            pids += [os.path.join(root, n) for n in files if n.endswith(".pid")]
+        victims = [self.glusterd.pid]
+        junk: List[str] = []
+        for pidfile in pids:
+            try:
+                with open(pidfile) as f:
+                    pid = int(f.read().strip())
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    args = f.read().decode(errors="replace").split("\0")
+            except (OSError, ValueError):
+                continue
+            if any(self.base in a for a in args):
+                victims.append(pid)
+                # bricks keep a socket and a log outside the base directory
+                junk += [args[i + 1] for i, a in enumerate(args[:-1])
+                         if a in ("-S", "-l") and args[i + 1].startswith("/var/")]
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        self.glusterd.wait(timeout=20)
+        for pid in victims[1:]:
+            for _ in range(100):
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        if "State:\tZ" in f.read():
+                            break
+                except OSError:
+                    break
+                time.sleep(0.05)
+        for path in junk:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        shutil.rmtree(self.base, ignore_errors=True)

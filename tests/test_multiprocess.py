@@ -5,7 +5,8 @@ nginx with every protocol, a webhook receiver counting deliveries, and
 C{kill -9} of a process in the middle of an upload.  Every file must be
 byte-exact and every event delivered exactly once.
 
-Needs nginx (Debian's package; C{.ci/run} installs it).
+Needs nginx (Debian's package); the GlusterFS variant needs glusterfs-server
+and glusterfs-client, root and FUSE.  C{.ci/run} installs both packages.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 from twisted.trial import unittest
 
-from tests.helpers import ROOT, Daemon, freePort
+from tests.helpers import ROOT, Daemon, GlusterVolume, freePort
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -72,10 +73,15 @@ class Cluster:
     of them with the reference configuration.
     """
 
-    def __init__(self, case: unittest.TestCase, processes: int, hooksUrl: str) -> None:
+    def __init__(self, case: unittest.TestCase, hooksUrl: str, storages: List[str]) -> None:
+        """
+        @param storages: each process's path to the one storage directory
+            (the same path on one host; one per mount on a shared file
+            system).  The first is where the test looks at files.
+        """
         self.dir = tempfile.mkdtemp(prefix="chunkd-cluster-")
         case.addCleanup(shutil.rmtree, self.dir, True)
-        self.storage = os.path.join(self.dir, "storage")
+        self.storage = storages[0]
         config = {
             "storage": {"directory": self.storage, "durable": False},
             "network": {"trust_proxy": True},
@@ -84,13 +90,15 @@ class Cluster:
         }
         self.config = config
         self.case = case
-        self.daemons: List[Daemon] = [self.startProcess() for _ in range(processes)]
+        self.daemons: List[Daemon] = [self.startProcess(storage) for storage in storages]
         self.port = freePort()
         self._startNginx(case)
 
-    def startProcess(self) -> Daemon:
+    def startProcess(self, storage: Optional[str] = None) -> Daemon:
         """Another chunkd on the same storage (a restart, say)."""
-        daemon = Daemon(json.loads(json.dumps(self.config)))
+        config = json.loads(json.dumps(self.config))
+        config["storage"]["directory"] = storage or self.storage
+        daemon = Daemon(config)
         self.case.addCleanup(daemon.stop)
         return daemon
 
@@ -173,7 +181,13 @@ class MultiProcessTests(unittest.TestCase):
             raise unittest.SkipTest("nginx is not installed (apt-get install nginx; .ci/run does)")
         self.hooks = HookReceiver()
         self.addCleanup(self.hooks.stop)
-        self.cluster = Cluster(self, 3, self.hooks.url)
+        self.cluster = Cluster(self, self.hooks.url, self.storages())
+
+    def storages(self) -> List[str]:
+        """Three processes on one host: one path."""
+        storage = tempfile.mkdtemp(prefix="chunkd-cluster-storage-")
+        self.addCleanup(shutil.rmtree, storage, True)
+        return [storage] * 3
 
     def create(self, length: int, extra: Optional[Dict[str, str]] = None) -> str:
         status, headers, body = self.cluster.request(
@@ -340,3 +354,16 @@ class MultiProcessTests(unittest.TestCase):
         self.assertEveryDeliveryOnce()
         self.assertEqual(os.listdir(os.path.join(self.cluster.storage, "hooks")), [])
 
+
+class GlusterMultiProcessTests(MultiProcessTests):
+    """
+    Every scenario above on a real GlusterFS volume mounted twice through
+    FUSE: two processes on one mount, one on the other, as two hosts would
+    see one shared file system (../shared/docs/glusterfs.md).
+    """
+
+    def storages(self) -> List[str]:
+        volume = GlusterVolume(self, mounts=2)
+        paths = [os.path.join(mount, "chunkd") for mount in volume.mounts]
+        os.makedirs(paths[0])
+        return [paths[0], paths[0], paths[1]]
