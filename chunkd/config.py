@@ -434,11 +434,53 @@ def checkStorageDirectory(config: Config) -> None:
     directory = config.storage.directory
     try:
         os.makedirs(directory, exist_ok=True)
-        probe = os.path.join(directory, f".write-probe-{os.getpid()}")
+        probe = os.path.join(directory, f".write-probe-{os.getpid()}-{os.urandom(4).hex()}")
         with open(probe, "wb") as f:
             f.write(b"x")
-        os.unlink(probe)
+        try:
+            problem = _lockProblem(probe)
+        finally:
+            os.unlink(probe)
     except OSError as e:
         raise ConfigError(
             "storage.directory", f"{directory} is not a writable directory ({e.strerror})"
         ) from None
+    if problem is not None:
+        raise ConfigError("storage.directory", f"{directory}: {problem}; chunkd needs working flock "
+                          "locks to keep uploads apart (deploy/README.md)")
+
+
+def _lockProblem(path: str) -> Optional[str]:
+    """
+    Why C{flock} cannot be relied on at C{path}, or C{None}: an exclusive
+    lock taken through one open file must stop a second open of the same
+    file (another process or host does the same), and closing the first
+    must free it.  A file system whose locks are not enforced, or always
+    fail, would let two requests write one upload.
+    """
+    import fcntl
+
+    first = os.open(path, os.O_RDONLY)
+    second = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            return f"file locks fail here ({e.strerror})"
+        try:
+            fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            return "file locks do not exclude here"
+        os.close(first)
+        first = -1
+        try:
+            fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "a released file lock stays held here"
+        return None
+    finally:
+        for fd in (first, second):
+            if fd >= 0:
+                os.close(fd)

@@ -87,3 +87,38 @@ class LoadTests(unittest.TestCase):
         config = loadConfig(None, {"storage.directory": "/dev/null/uploads"})
         error = self.assertRaises(ConfigError, checkStorageDirectory, config)
         self.assertEqual(error.key, "storage.directory")
+
+
+class StorageLockTests(unittest.TestCase):
+    """
+    chunkd refuses to start on a storage directory whose flock locks do not
+    keep two writers apart (a shared file system mounted without lock
+    support): one line naming the key, as for any other bad setting.
+    """
+
+    def setUp(self) -> None:
+        self.config = loadConfig(None, {"storage.directory": tempfile.mkdtemp(prefix="chunkd-locks-")})
+
+    def test_workingLocksPass(self) -> None:
+        checkStorageDirectory(self.config)
+        self.assertEqual(os.listdir(self.config.storage.directory), [])  # the probe is gone
+
+    def test_locksThatDoNotExcludeAreRefused(self) -> None:
+        import fcntl
+
+        self.patch(fcntl, "flock", lambda fd, operation: None)
+        error = self.assertRaises(ConfigError, checkStorageDirectory, self.config)
+        self.assertEqual(error.key, "storage.directory")
+        self.assertIn("file locks do not exclude here", str(error))
+        self.assertEqual(os.listdir(self.config.storage.directory), [])
+
+    def test_locksThatFailAreRefused(self) -> None:
+        import errno
+        import fcntl
+
+        def unsupported(fd: int, operation: int) -> None:
+            raise OSError(errno.ENOLCK, "No locks available")
+
+        self.patch(fcntl, "flock", unsupported)
+        error = self.assertRaises(ConfigError, checkStorageDirectory, self.config)
+        self.assertIn("file locks fail here (No locks available)", str(error))
