@@ -392,6 +392,22 @@ def readFile(path: str) -> bytes:
 CLEAN_EXIT = (0, -signal.SIGTERM)
 
 
+def waitForPort(port: int, process: subprocess.Popen, timeout: float = 20) -> bool:
+    """
+    Wait until something accepts on 127.0.0.1:C{port}; C{False} if
+    C{process} exits or C{timeout} seconds pass first.
+    """
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            if time.time() > deadline or process.poll() is not None:
+                return False
+            time.sleep(0.05)
+
+
 class Daemon:
     """
     A real chunkd process (C{python -m twisted chunkd}) on a free port of
@@ -411,15 +427,8 @@ class Daemon:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "twisted", "--log-format=text", "chunkd", "--config", self.configPath],
             env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})), stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or self.process.poll() is not None:
-                    raise AssertionError("chunkd did not start:\n" + self.logText())
-                time.sleep(0.05)
+        if not waitForPort(self.port, self.process):
+            raise AssertionError("chunkd did not start:\n" + self.logText())
 
     def writeConfig(self, config: object) -> None:
         with open(self.configPath, "w") as f:

@@ -29,7 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 from twisted.trial import unittest
 
-from tests.helpers import ROOT, Daemon, GlusterVolume, freePort
+from tests.helpers import ROOT, Daemon, GlusterVolume, freePort, waitForPort
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -137,15 +137,8 @@ http {{
             self.nginx.wait(timeout=20)
 
         case.addCleanup(stop)
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.time() > deadline or self.nginx.poll() is not None:
-                    raise AssertionError("nginx did not start")
-                time.sleep(0.05)
+        if not waitForPort(self.port, self.nginx):
+            raise AssertionError("nginx did not start")
 
     def request(self, method: str, path: str, body: bytes = b"",
                 headers: Optional[Dict[str, str]] = None, port: Optional[int] = None) -> Tuple[int, Dict[str, str], bytes]:
