@@ -203,14 +203,26 @@ class UploadService:
         if record.state == ACTIVE and expireAfter:
             record.expires = self.store.clock() + expireAfter
 
-    def advanceTo(self, newOffset: int, length: Optional[int], completes: bool = True) -> Mutation:
+    def advanceTo(self, newOffset: int, length: Optional[int], completes: bool = True,
+                  since: Optional[int] = None) -> Mutation:
         """
         The mutation that records a sequential upload's new offset.
 
         @param completes: reaching C{length} completes the upload (tus); the
             facade's uploads complete only when they are published.
+        @param since: where the write began.  Under the upload's lock the
+            record can only stand between there and C{newOffset} (our own
+            checkpoints move it); anywhere else means the lock was lost --
+            a shared file system cut this host off, and another took the
+            upload over -- and these bytes must not count: L{OffsetMismatch}
+            with the offset as it is, so the client resumes from there.
         """
         def advance(record: UploadRecord) -> None:
+            if since is not None and not (record.state == ACTIVE and since <= record.offset <= newOffset):
+                raise OffsetMismatch(
+                    f"the upload moved on to {record.offset} while this write ran; resume from there",
+                    headers={"Upload-Offset": str(record.offset)},
+                )
             record.offset = newOffset
             record.length = length
             if completes and length is not None and newOffset == length:

@@ -251,3 +251,36 @@ class CheckpointTests(UploadServiceTestCase):
         self.assertEqual(written.offset, 64 * 1024)
         self.assertGreater(len(seen), 2)  # checkpoints, then the final record
         self.assertEqual(seen, sorted(seen))
+
+
+class LostLockTests(UploadServiceTestCase):
+    """
+    A host cut off from a shared file system loses its locks; another host
+    takes the upload over.  Whatever the first one then tries to record
+    must not count.
+    """
+
+    @defer.inlineCallbacks
+    def test_aWriteWhoseUploadMovedOnIsNotRecorded(self) -> Any:
+        record = yield self.uploads.create("tus", 10)
+        upload = self.uploads.open(record.id, "tus")
+        plan = WritePlan(0, 10, lambda end: self.uploads.advanceTo(end, 10, since=0))
+        sink = self.uploads.write(upload, plan, None, None)
+        sink.dataReceived(b"stale")
+        # Meanwhile "another host" took the upload over and wrote 7 bytes.
+        yield self.store.update(record.id, lambda r: setattr(r, "offset", 7))
+        failure = yield self.assertFailure(self.send(sink, []), OffsetMismatch)
+        self.assertEqual(failure.headers, {"Upload-Offset": "7"})
+        self.assertEqual(self.store.get(record.id).offset, 7)
+
+    @defer.inlineCallbacks
+    def test_ourOwnCheckpointsAreNotTakenForSomeoneElse(self) -> Any:
+        record = yield self.uploads.create("tus", 10)
+        yield self.store.update(record.id, lambda r: setattr(r, "offset", 2))
+        upload = self.uploads.open(record.id, "tus")
+        plan = WritePlan(2, 8, lambda end: self.uploads.advanceTo(end, 10, since=2))
+        sink = self.uploads.write(upload, plan, None, None)
+        sink.dataReceived(b"abcd")
+        yield self.store.update(record.id, lambda r: setattr(r, "offset", 4))  # a checkpoint of ours
+        written = yield self.send(sink, [b"ef"])
+        self.assertEqual(written.offset, 8)

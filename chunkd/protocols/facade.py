@@ -259,7 +259,7 @@ class FacadeProtocol:
             multipart = _MultipartChunk(boundary, upload) if boundary is not None else None
             plan = WritePlan(
                 offset, limit,
-                lambda end: self.uploads.advanceTo(end, length, completes=False),
+                lambda end: self.uploads.advanceTo(end, length, completes=False, since=offset),
                 overflow=TooLarge(tooLarge),
                 checksum=checksum,
                 verify=multipart.malformed if multipart is not None else None,

@@ -159,7 +159,7 @@ class TusProtocol:
         final = length
 
         def recorded(end: int) -> Any:
-            return self.uploads.advanceTo(end, final)
+            return self.uploads.advanceTo(end, final, since=offset)
 
         def verifyTrailer(outcome: BodyOutcome) -> Optional["Deferred[None]"]:
             return self._verifyTrailer(record.id, offset, outcome)
@@ -289,7 +289,8 @@ class TusProtocol:
         d = self.uploads.disk.run(_copyParts, sources, upload)
         d.addErrback(_releasing, upload)
         length = record.length or 0
-        return d.addCallback(lambda _: self.uploads.commit(upload, self.uploads.advanceTo(length, length)))
+        return d.addCallback(lambda _: self.uploads.commit(
+            upload, self.uploads.advanceTo(length, length, since=0)))
 
     # -- routes ----------------------------------------------------------------
 
