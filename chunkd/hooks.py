@@ -100,6 +100,7 @@ class HookSender(Service):
         #: holding the flock
         self._claims: Dict[str, int] = {}
         self._rescan = LoopingCall(self.rescan)
+        self._spoolTrouble: Optional[str] = None
 
     # -- life cycle ----------------------------------------------------------
 
@@ -116,11 +117,20 @@ class HookSender(Service):
         Send every spooled delivery no process holds: at start, and then
         now and again to take over those of a process that died.
         """
+        if not self.config.hooks.endpoints and not self._claims:
+            return  # no receivers: nothing is spooled
         try:
             names = sorted(os.listdir(self.spool))
         except OSError as e:
-            self.log.error("cannot read the hook spool: {error}", error=str(e))
+            # Once per cause, not once a second while a shared file system
+            # is unreachable.
+            if str(e) != self._spoolTrouble:
+                self._spoolTrouble = str(e)
+                self.log.error("cannot read the hook spool: {error}", error=str(e))
             return
+        if self._spoolTrouble is not None:
+            self._spoolTrouble = None
+            self.log.info("the hook spool is readable again")
         for name in names:
             path = os.path.join(self.spool, name)
             if name.endswith(".json") and path not in self._claims:
