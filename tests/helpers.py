@@ -499,6 +499,20 @@ class GlusterVolume:
 
     performanceOff = ("stat-prefetch", "quick-read", "write-behind", "open-behind", "io-cache",
                       "read-ahead", "readdir-ahead")
+    #: volume options beyond the caches, set before the volume starts
+    options: Tuple[Tuple[str, str], ...] = ()
+
+    def serverCommand(self) -> List[str]:
+        """What glusterd runs under (a network namespace, in a subclass)."""
+        return []
+
+    def mountCommand(self, n: int) -> List[str]:
+        """What mount number C{n} runs under."""
+        return []
+
+    @property
+    def host(self) -> str:
+        return socket.gethostname()  # the CLI refuses 127.0.0.1 and localhost
 
     def __init__(self, case: unittest.TestCase, mounts: int = 2) -> None:
         import shutil
@@ -526,7 +540,7 @@ class GlusterVolume:
 end-volume
 """)
         self.glusterd = subprocess.Popen(
-            ["glusterd", "-N", "-f", self.volfile, "-l", f"{self.base}/log/glusterd.log",
+            self.serverCommand() + ["glusterd", "-N", "-f", self.volfile, "-l", f"{self.base}/log/glusterd.log",
              "-p", f"{self.base}/glusterd.pid"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
@@ -534,17 +548,19 @@ end-volume
             if time.time() > deadline or self.glusterd.poll() is not None:
                 raise AssertionError("glusterd did not start: " + self.logTail("glusterd.log"))
             time.sleep(0.05)
-        host = socket.gethostname()  # the CLI refuses 127.0.0.1 and localhost
+        host = self.host
         self.cli("volume", "create", "chunkd", f"{host}:{self.base}/brick", "force")
         for option in self.performanceOff:
             self.cli("volume", "set", "chunkd", f"performance.{option}", "off")
+        for name, value in self.options:
+            self.cli("volume", "set", "chunkd", name, value)
         self.cli("volume", "start", "chunkd")
         self.mounts: List[str] = []
         for n in range(1, mounts + 1):
             mountpoint = os.path.join(self.base, f"m{n}")
             os.makedirs(mountpoint)
             result = subprocess.run(
-                ["mount", "-t", "glusterfs", "-o",
+                self.mountCommand(n) + ["mount", "-t", "glusterfs", "-o",
                  f"log-file={self.base}/log/m{n}.log,attribute-timeout=0,entry-timeout=0,"
                  "negative-timeout=0,direct-io-mode=enable", f"{host}:/chunkd", mountpoint],
                 capture_output=True, timeout=60)
@@ -617,3 +633,77 @@ end-volume
             except OSError:
                 pass
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+class PartitionedGlusterVolume(GlusterVolume):
+    """
+    A GlusterVolume whose server and two clients sit in network namespaces
+    of their own (C{ck-srv} with 10.77.0.1 on a bridge, C{ck-h1} and
+    C{ck-h2}), so that one client can be cut off as a host would be, with
+    the options that make a cut-off host lose its locks within seconds and
+    fail its writes afterwards (C{client.strict-locks}).  The mounts are
+    made with C{nsenter --net} only: they stay visible to every process,
+    while their FUSE clients' traffic leaves from their namespace.
+    """
+
+    server = "10.77.0.1"
+    options = (("network.ping-timeout", "5"), ("server.tcp-user-timeout", "5"),
+               ("server.keepalive-time", "2"), ("server.keepalive-interval", "1"),
+               ("server.keepalive-count", "3"), ("client.strict-locks", "on"))
+    namespaces = ("ck-h1", "ck-h2", "ck-srv")
+
+    def __init__(self, case: unittest.TestCase) -> None:
+        import shutil
+
+        if shutil.which("ip") is None or shutil.which("nsenter") is None:
+            raise unittest.SkipTest("ip (iproute2) or nsenter (util-linux) is not installed")
+        if shutil.which("glusterd") is None:
+            raise unittest.SkipTest("GlusterFS is not installed (.ci/run installs it)")
+        self._deleteNamespaces()
+        case.addCleanup(self._deleteNamespaces)
+        try:
+            self._ip("netns", "add", "ck-srv")
+        except AssertionError as e:
+            raise unittest.SkipTest(f"cannot make network namespaces here: {e}")
+        self._ip("-n", "ck-srv", "link", "set", "lo", "up")
+        self._ip("-n", "ck-srv", "link", "add", "ckbr0", "type", "bridge")
+        self._ip("-n", "ck-srv", "addr", "add", f"{self.server}/24", "dev", "ckbr0")
+        self._ip("-n", "ck-srv", "link", "set", "ckbr0", "up")
+        for n in (1, 2):
+            self._ip("netns", "add", f"ck-h{n}")
+            self._ip("-n", f"ck-h{n}", "link", "set", "lo", "up")
+            self._ip("link", "add", f"ck-h{n}-e", "netns", f"ck-h{n}", "type", "veth",
+                     "peer", "name", f"ck-br-h{n}", "netns", "ck-srv")
+            self._ip("-n", "ck-srv", "link", "set", f"ck-br-h{n}", "master", "ckbr0", "up")
+            self._ip("-n", f"ck-h{n}", "addr", "add", f"10.77.0.{n + 1}/24", "dev", f"ck-h{n}-e")
+            self._ip("-n", f"ck-h{n}", "link", "set", f"ck-h{n}-e", "up")
+        super().__init__(case, mounts=2)
+
+    @property
+    def host(self) -> str:
+        return self.server
+
+    def serverCommand(self) -> List[str]:
+        return ["nsenter", "--net=/var/run/netns/ck-srv"]
+
+    def mountCommand(self, n: int) -> List[str]:
+        return ["nsenter", f"--net=/var/run/netns/ck-h{n}"]
+
+    def cut(self, n: int) -> None:
+        """Host C{n} loses the network."""
+        self._ip("-n", f"ck-h{n}", "link", "set", f"ck-h{n}-e", "down")
+
+    def heal(self, n: int) -> None:
+        self._ip("-n", f"ck-h{n}", "link", "set", f"ck-h{n}-e", "up")
+
+    def _ip(self, *args: str) -> None:
+        result = subprocess.run(["ip", *args], capture_output=True, timeout=30)
+        if result.returncode != 0:
+            raise AssertionError(f"ip {' '.join(args)}: {result.stderr.decode().strip()}")
+
+    def _deleteNamespaces(self) -> None:
+        for name in self.namespaces:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        # `ip netns add` bind-mounts /run/netns onto itself.
+        if os.path.isdir("/run/netns") and not os.listdir("/run/netns"):
+            subprocess.run(["umount", "/run/netns"], capture_output=True)

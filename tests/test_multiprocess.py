@@ -29,7 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 from twisted.trial import unittest
 
-from tests.helpers import ROOT, Daemon, GlusterVolume, freePort, waitForPort
+from tests.helpers import ROOT, Daemon, GlusterVolume, PartitionedGlusterVolume, freePort, waitForPort
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -360,3 +360,88 @@ class GlusterMultiProcessTests(MultiProcessTests):
         paths = [os.path.join(mount, "chunkd") for mount in volume.mounts]
         os.makedirs(paths[0])
         return [paths[0], paths[0], paths[1]]
+
+
+class PartitionTests(unittest.TestCase):
+    """
+    Two hosts on one GlusterFS volume (their FUSE clients in network
+    namespaces of their own); one is cut off while it streams an upload.
+    The other takes the upload over once the cut-off host's lock times out,
+    and nothing the cut-off host wrote after losing its lock ever counts.
+    """
+
+    timeout = 240
+
+    def test_aHostCutOffMidUploadIsTakenOverAndCountsNothingAfter(self) -> None:
+        volume = PartitionedGlusterVolume(self)
+        storages = [os.path.join(mount, "chunkd") for mount in volume.mounts]
+        os.makedirs(storages[0])
+        config = {"storage": {"checkpoint_every": "256KiB"}}
+        hosts = []
+        for storage in storages:
+            daemon = Daemon({"storage": dict(config["storage"], directory=storage)})
+            self.addCleanup(daemon.stop)
+            hosts.append(daemon)
+        cutOff, other = hosts
+
+        def request(daemon: Daemon, method: str, path: str, body: bytes = b"",
+                    headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+            conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+            try:
+                conn.request(method, path, body=body or None, headers=dict(TUS, **(headers or {})))
+                response = conn.getresponse()
+                return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+            finally:
+                conn.close()
+
+        data = os.urandom(4 * 1024 * 1024)
+        status, headers, _ = request(other, "POST", "/files/", headers={"Upload-Length": str(len(data))})
+        self.assertEqual(status, 201)
+        path = urlsplit(headers["location"]).path
+        # The first host streams the upload and has recorded part of it...
+        stream = socket.create_connection(("127.0.0.1", cutOff.port))
+        self.addCleanup(stream.close)
+        stream.sendall(("PATCH %s HTTP/1.1\r\nHost: h\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+                        "Content-Type: application/offset+octet-stream\r\nContent-Length: %d\r\n\r\n"
+                        % (path, len(data))).encode() + data[:1024 * 1024])
+        deadline = time.time() + 20
+        while int(request(other, "HEAD", path)[1]["upload-offset"]) == 0:
+            self.assertLess(time.time(), deadline, "no checkpoint was recorded")
+            time.sleep(0.1)
+        # ... when it is cut off, and keeps sending what it can.
+        volume.cut(1)
+        stale = b"\xee" * (2 * 1024 * 1024)  # never to be seen in the file
+
+        def keepSending() -> None:
+            try:
+                stream.settimeout(30)
+                stream.sendall(stale)
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=keepSending, daemon=True)
+        sender.start()
+        # The other host takes over once the lost lock is released.
+        started = time.time()
+        while True:
+            status, headers, _ = request(other, "HEAD", path)
+            offset = int(headers["upload-offset"])
+            status, headers, body = request(other, "PATCH", path, data[offset:], {
+                "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
+            if status == 204:
+                break
+            self.assertIn(status, (409, 423), body)  # still locked, or raced a checkpoint
+            self.assertLess(time.time() - started, 60, "the lock was never released")
+            time.sleep(0.5)
+        tookOver = time.time() - started
+        status, _, body = request(other, "GET", path)
+        self.assertEqual(hashlib.sha256(body).digest(), hashlib.sha256(data).digest())
+        # The cut-off host comes back: whatever it still tries is refused.
+        volume.heal(1)
+        time.sleep(8)
+        status, headers, body = request(other, "HEAD", path)
+        self.assertEqual((status, headers["upload-offset"]), (200, str(len(data))))
+        status, _, body = request(other, "GET", path)
+        self.assertEqual(hashlib.sha256(body).digest(), hashlib.sha256(data).digest())
+        self.assertNotIn(stale[:4096], body)
+        self.assertLess(tookOver, 30)
