@@ -522,6 +522,8 @@ class GlusterVolume:
                                     "glusterfs-client; .ci/run does)")
         if not os.path.exists("/dev/fuse"):
             raise unittest.SkipTest("no /dev/fuse on this machine: GlusterFS cannot be mounted")
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("mounting a GlusterFS volume needs root")
         self.base = tempfile.mkdtemp(prefix="chunkd-gfx-", dir="/var/tmp")
         case.addCleanup(self.teardown)
         for name in ("lib", "run", "log", "brick"):
