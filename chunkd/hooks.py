@@ -37,13 +37,13 @@ import json
 import os
 import secrets
 import time
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import fcntl
 
 from treq.client import HTTPClient
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -112,29 +112,35 @@ class HookSender(Service):
         self._rescan.clock = self.reactor
         self._rescan.start(self.rescanInterval, now=True)
 
-    def rescan(self) -> None:
+    def rescan(self) -> "Optional[Deferred[None]]":
         """
         Send every spooled delivery no process holds: at start, and then
-        now and again to take over those of a process that died.
+        now and again to take over those of a process that died.  The
+        listing runs in the disk pool: on a shared file system it may hang
+        for seconds, and the reactor must not.
         """
         if not self.config.hooks.endpoints and not self._claims:
-            return  # no receivers: nothing is spooled
-        try:
-            names = sorted(os.listdir(self.spool))
-        except OSError as e:
-            # Once per cause, not once a second while a shared file system
-            # is unreachable.
-            if str(e) != self._spoolTrouble:
-                self._spoolTrouble = str(e)
-                self.log.error("cannot read the hook spool: {error}", error=str(e))
-            return
+            return None  # no receivers: nothing is spooled
+        d = self.store.disk.run(os.listdir, self.spool)
+        # The LoopingCall waits for this: no two looks overlap.
+        return d.addCallbacks(self._rescanned, self._spoolUnreadable)
+
+    def _rescanned(self, names: List[str]) -> None:
         if self._spoolTrouble is not None:
             self._spoolTrouble = None
             self.log.info("the hook spool is readable again")
-        for name in names:
+        for name in sorted(names):
             path = os.path.join(self.spool, name)
             if name.endswith(".json") and path not in self._claims:
                 self._send(path, attempt=0)
+
+    def _spoolUnreadable(self, failure: Any) -> None:
+        # Once per cause, not once a second while a shared file system is
+        # unreachable.
+        error = failure.getErrorMessage()
+        if error != self._spoolTrouble:
+            self._spoolTrouble = error
+            self.log.error("cannot read the hook spool: {error}", error=error)
 
     def stopService(self) -> Deferred[Any]:
         """
@@ -153,45 +159,24 @@ class HookSender(Service):
 
         def release(_: Any) -> Any:
             # What is still spooled is another process's to send now.
-            for path in list(self._claims):
-                self._release(path)
-            return self._pool.closeCachedConnections()
+            released = [self._release(path) for path in list(self._claims)]
+            done = DeferredList(released, consumeErrors=True)
+            return done.addCallback(lambda _: self._pool.closeCachedConnections())
 
         return d.addCallback(release)
 
-    def _claim(self, path: str) -> Optional[int]:
-        """
-        Take the delivery at C{path} for this process: its descriptor,
-        holding an exclusive flock, or C{None} if another process holds it
-        or it was delivered meanwhile.
-        """
-        held = self._claims.get(path)
-        if held is not None:
-            return held
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # Removed by its sender between our open and our lock: done.
-            if os.fstat(fd).st_nlink == 0:
-                raise FileNotFoundError(path)
-        except (BlockingIOError, FileNotFoundError):
-            os.close(fd)
-            return None
-        self._claims[path] = fd
-        return fd
-
-    def _release(self, path: str) -> None:
+    def _release(self, path: str) -> "Deferred[Any]":
+        """Let go of a claimed delivery (closing its descriptor frees the lock)."""
         fd = self._claims.pop(path, None)
-        if fd is not None:
-            os.close(fd)
+        if fd is None:
+            return succeed(None)
+        return self.store.disk.run(os.close, fd)
 
     def _done(self, path: str) -> None:
         """Delivered or dropped: remove the file, then let go of it."""
-        _unlink(path)
-        self._release(path)
+        fd = self._claims.pop(path, None)
+        d = self.store.disk.run(_removeClaimed, path, fd)
+        d.addErrback(lambda f: self.log.failure("removing a hook spool file", f))
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -264,14 +249,21 @@ class HookSender(Service):
         if not self.running:
             self._release(path)  # stopped: another sender may take it
             return
-        fd = self._claim(path)
-        if fd is None:
+        d = self.store.disk.run(_claimAndRead, path, self._claims.get(path))
+        d.addCallback(self._claimed, path, attempt)
+        d.addErrback(lambda f: self.log.failure("sending a hook delivery", f))
+
+    def _claimed(self, claim: Optional[Tuple[int, bytes]], path: str, attempt: int) -> None:
+        if claim is None:
             return  # another process is sending it, or it was sent
+        fd, content = claim
+        self._claims[path] = fd
+        if not self.running:
+            self._release(path)
+            return
         try:
-            # Read through the claimed descriptor: closing another one could
-            # drop the lock where flock and POSIX locks share a lock space.
-            entry = json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
-        except (OSError, ValueError):
+            entry = json.loads(content)
+        except ValueError:
             self.log.error("unreadable hook spool file {path}; dropped", path=path)
             self._done(path)
             return
@@ -312,6 +304,44 @@ class HookSender(Service):
         self.log.warn("hook delivery {name} failed ({why}); retry in {delay:.0f}s",
                       name=os.path.basename(path), why=why, delay=delay)
         self._retries[path] = self.reactor.callLater(delay, self._send, path, attempt + 1)
+
+
+def _claimAndRead(path: str, held: Optional[int]) -> Optional[Tuple[int, bytes]]:
+    """
+    Take the delivery at C{path} (unless this process holds it already, on
+    C{held}) and read it: the descriptor holding an exclusive flock and the
+    content, or C{None} if another process holds it or it was delivered
+    meanwhile.  Blocking: runs in the disk pool.
+    """
+    fd = held
+    if fd is None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Removed by its sender between our open and our lock: done.
+            if os.fstat(fd).st_nlink == 0:
+                raise FileNotFoundError(path)
+        except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            return None
+    try:
+        # Read through the claimed descriptor: closing another one could
+        # drop the lock where flock and POSIX locks share a lock space.
+        return fd, os.pread(fd, os.fstat(fd).st_size, 0)
+    except OSError:
+        return fd, b""  # unreadable: the caller drops it
+
+
+def _removeClaimed(path: str, fd: Optional[int]) -> None:
+    """Remove a delivered spool file, then free its lock.  Blocking."""
+    try:
+        _unlink(path)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _writeSpool(path: str, entry: Dict[str, Any]) -> None:

@@ -363,3 +363,33 @@ class SharedSpoolTests(HookTestCase):
         codes = len(self.receiver.received)
         self.assertEqual(len(set(self.deliveries())), 1)  # one delivery, retried until a 2xx
         self.assertLessEqual(codes, 4)
+
+
+class UnreadableSpoolTests(HookTestCase):
+    """
+    A spool that cannot be read (a shared file system cut off) is logged
+    once per cause, not on every look, and its recovery once.
+    """
+
+    events = ["post-create"]
+
+    @defer.inlineCallbacks
+    def test_loggedOncePerCause(self) -> Any:
+        from twisted.logger import globalLogPublisher
+
+        seen: List[str] = []
+
+        def observe(event: Dict[str, Any]) -> None:
+            if event.get("log_namespace", "").startswith("chunkd.hooks"):
+                seen.append(event.get("log_format", ""))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        away = self.hooks.spool + ".away"
+        os.rename(self.hooks.spool, away)
+        for _ in range(3):
+            yield self.hooks.rescan()
+        os.rename(away, self.hooks.spool)
+        yield self.hooks.rescan()
+        yield self.hooks.rescan()
+        self.assertEqual(seen, ["cannot read the hook spool: {error}", "the hook spool is readable again"])
