@@ -50,6 +50,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from chunkd.config import Config, HookEndpoint
 from chunkd.errors import ServiceUnavailable, UploadError
+from chunkd.once import OneShotResult
 from chunkd.store import COMPLETE, UploadRecord, UploadStore
 
 PRE_CREATE = "pre-create"
@@ -101,6 +102,13 @@ class HookSender(Service):
         self._claims: Dict[str, int] = {}
         self._rescan = LoopingCall(self.rescan)
         self._spoolTrouble: Optional[str] = None
+        # One upload's deliveries go out in order, one at a time, from the
+        # process that spooled them: a post-terminate never overtakes its
+        # post-create.  path -> fires once the delivery is over here
+        # (delivered, dropped, released, or held by another process).
+        self._over: Dict[str, OneShotResult[None]] = {}
+        self._latest: Dict[str, str] = {}  # upload id -> its latest delivery's path
+        self._waiting: "set[str]" = set()  # spooled here, behind an earlier one
 
     # -- life cycle ----------------------------------------------------------
 
@@ -131,7 +139,7 @@ class HookSender(Service):
             self.log.info("the hook spool is readable again")
         for name in sorted(names):
             path = os.path.join(self.spool, name)
-            if name.endswith(".json") and path not in self._claims:
+            if name.endswith(".json") and path not in self._claims and path not in self._waiting:
                 self._send(path, attempt=0)
 
     def _spoolUnreadable(self, failure: Any) -> None:
@@ -167,13 +175,21 @@ class HookSender(Service):
 
     def _release(self, path: str) -> "Deferred[Any]":
         """Let go of a claimed delivery (closing its descriptor frees the lock)."""
+        self._overHere(path)
         fd = self._claims.pop(path, None)
         if fd is None:
             return succeed(None)
         return self.store.disk.run(os.close, fd)
 
+    def _overHere(self, path: str) -> None:
+        """This process is done with the delivery: the next of its upload may go."""
+        over = self._over.pop(path, None)
+        if over is not None:
+            over.fire(None)
+
     def _done(self, path: str) -> None:
         """Delivered or dropped: remove the file, then let go of it."""
+        self._overHere(path)
         fd = self._claims.pop(path, None)
         d = self.store.disk.run(_removeClaimed, path, fd)
         d.addErrback(lambda f: self.log.failure("removing a hook spool file", f))
@@ -240,9 +256,28 @@ class HookSender(Service):
             entry = {"url": endpoint.url, "event": event, "delivery": delivery,
                      "body": body.decode("utf-8")}
             path = os.path.join(self.spool, delivery + ".json")
+            earlier = self._over.get(self._latest.get(record.id, ""))
+            self._latest[record.id] = path
+            over = self._over[path] = OneShotResult()
+            over.whenFired().addCallback(self._forgetLatest, record.id, path)
+            self._waiting.add(path)
             d = self.store.disk.run(_writeSpool, path, entry)
-            d.addCallbacks(lambda _, p=path: self._send(p, 0),
-                           lambda f: self.log.failure("could not spool a hook event", f))
+            if earlier is not None:
+                d.addCallback(_after, earlier)
+            d.addCallbacks(self._start, self._unspooled, callbackArgs=(path,), errbackArgs=(path,))
+
+    def _start(self, _: Any, path: str) -> None:
+        self._waiting.discard(path)
+        self._send(path, 0)
+
+    def _unspooled(self, failure: Any, path: str) -> None:
+        self._waiting.discard(path)
+        self._overHere(path)
+        self.log.failure("could not spool a hook event", failure)
+
+    def _forgetLatest(self, _: Any, uploadId: str, path: str) -> None:
+        if self._latest.get(uploadId) == path:
+            del self._latest[uploadId]
 
     def _send(self, path: str, attempt: int) -> None:
         self._retries.pop(path, None)
@@ -255,6 +290,7 @@ class HookSender(Service):
 
     def _claimed(self, claim: Optional[Tuple[int, bytes]], path: str, attempt: int) -> None:
         if claim is None:
+            self._overHere(path)
             return  # another process is sending it, or it was sent
         fd, content = claim
         self._claims[path] = fd
@@ -304,6 +340,11 @@ class HookSender(Service):
         self.log.warn("hook delivery {name} failed ({why}); retry in {delay:.0f}s",
                       name=os.path.basename(path), why=why, delay=delay)
         self._retries[path] = self.reactor.callLater(delay, self._send, path, attempt + 1)
+
+
+def _after(_: Any, earlier: "OneShotResult[None]") -> "Deferred[None]":
+    """A callback: wait for an earlier delivery of the same upload."""
+    return earlier.whenFired()
 
 
 def _claimAndRead(path: str, held: Optional[int]) -> Optional[Tuple[int, bytes]]:

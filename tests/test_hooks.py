@@ -303,14 +303,8 @@ class HoldingReceiver(Receiver):
             request.finish()
 
 
-class SharedSpoolTests(HookTestCase):
-    """
-    Several processes share one spool.  Seen with three processes (issue
-    11): one that (re)started sent every spooled delivery, including those
-    another live process was still sending -- the same Chunkd-Delivery
-    arrived twice, every run.  A second HookSender on the same storage is
-    such a process (flock excludes open files, not only processes).
-    """
+class HoldingHookTestCase(HookTestCase):
+    """Hook tests whose receiver holds its answers until released."""
 
     events = ["post-create"]
 
@@ -328,6 +322,18 @@ class SharedSpoolTests(HookTestCase):
 
     def deliveries(self) -> List[str]:
         return [headers["chunkd-delivery"] for _, _, headers in self.receiver.received]
+
+
+class SharedSpoolTests(HoldingHookTestCase):
+    """
+    Several processes share one spool.  Seen with three processes (issue
+    11): one that (re)started sent every spooled delivery, including those
+    another live process was still sending -- the same Chunkd-Delivery
+    arrived twice, every run.  A second HookSender on the same storage is
+    such a process (flock excludes open files, not only processes).
+    """
+
+    events = ["post-create"]
 
     @defer.inlineCallbacks
     def test_aDeliveryInFlightIsNotSentByAnotherProcess(self) -> Any:
@@ -393,3 +399,26 @@ class UnreadableSpoolTests(HookTestCase):
         yield self.hooks.rescan()
         yield self.hooks.rescan()
         self.assertEqual(seen, ["cannot read the hook spool: {error}", "the hook spool is readable again"])
+
+
+class OrderTests(HoldingHookTestCase):
+    """
+    One upload's deliveries go out in order, one at a time: a post-terminate
+    never overtakes the post-create still being delivered (seen once in
+    CI: the receiver heard of the termination first).
+    """
+
+    events = ["post-create", "post-terminate"]
+
+    @defer.inlineCallbacks
+    def test_aLaterEventWaitsForTheEarlierDelivery(self) -> Any:
+        uploadId = yield self.createId(3)
+        yield self.waitFor(1)  # post-create in flight, held
+        r = yield self.client.delete(self.url(f"/files/{uploadId}"), headers={"Tus-Resumable": "1.0.0"})
+        self.assertEqual(r.code, 204)
+        yield deferLater(0.5)
+        self.assertEqual(self.receiver.events(), ["post-create"])
+        self.holding.release()
+        yield self.waitFor(2)
+        self.assertEqual(self.receiver.events(), ["post-create", "post-terminate"])
+        yield self.assertSpoolEmptied(40)
