@@ -178,18 +178,17 @@ class UploadService:
         return self.store.create(protocol, length, expireAfter, metadata=metadata, extra=extra,
                                  uploadId=uploadId)
 
-    def terminate(self, uploadId: str, protocol: str) -> None:
+    def terminate(self, uploadId: str, protocol: str) -> "Deferred[bool]":
         """
         Delete an upload's data and leave a tombstone (later requests learn
-        it is gone).
+        it is gone).  The lock is taken at once; the deletion, which waits
+        for the record lock and touches files, runs in the disk pool.
 
         @raise UploadLocked: a request is writing to it.
         """
         upload = self.open(uploadId, protocol)
-        try:
-            self.store.terminate(uploadId)
-        finally:
-            upload.close()
+        d = self.disk.run(self.store.terminate, uploadId)
+        return d.addBoth(releasing, upload)
 
     # -- record updates protocols share ------------------------------------------
 
@@ -252,7 +251,7 @@ class UploadService:
         """
         d = self.store.commit(upload, mutate)
         d.addErrback(_asUploadError, "recording the upload")
-        return d.addBoth(_releasing, upload)
+        return d.addBoth(releasing, upload)
 
     # -- the write pipeline ---------------------------------------------------------
 
@@ -295,7 +294,7 @@ class UploadService:
             settled = checkpoints.settled() if checkpoints is not None else succeed(None)
             d = settled.addCallback(lambda _: Deferred.fromCoroutine(
                 self._record(upload, plan, outcome, running)))
-            return d.addBoth(_releasing, upload)
+            return d.addBoth(releasing, upload)
 
         return FileSink(writer, plan.limit, finish)
 
@@ -368,7 +367,7 @@ class OffsetCheckpoints:
         return self._settled.whenFired()
 
 
-def _releasing(result: Any, upload: OpenUpload) -> Any:
+def releasing(result: Any, upload: OpenUpload) -> Any:
     """A callback and errback: let go of the upload, pass the result on."""
     upload.close()
     return result

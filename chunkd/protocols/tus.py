@@ -51,7 +51,7 @@ from chunkd.routes import Route
 from chunkd.sinks import BodyOutcome, LateSink, MappedSink, RecordSink
 from chunkd.store import ACTIVE, COMPLETE, OpenUpload, UploadRecord, isUploadId
 from chunkd.streaming import BodySink, StreamingRequest, trailersSupported
-from chunkd.uploads import Checksum, UploadService, WritePlan
+from chunkd.uploads import Checksum, UploadService, WritePlan, releasing
 from chunkd.web import baseURL, header, setHeader
 
 TUS = "tus"
@@ -287,7 +287,7 @@ class TusProtocol:
             return succeed(upload.record)
         sources = [self.store.dataPath(p.id) for p in parts]
         d = self.uploads.disk.run(_copyParts, sources, upload)
-        d.addErrback(_releasing, upload)
+        d.addErrback(releasing, upload)
         length = record.length or 0
         return d.addCallback(lambda _: self.uploads.commit(
             upload, self.uploads.advanceTo(length, length, since=0)))
@@ -364,11 +364,14 @@ class TusProtocol:
         setHeader(request, "X-Content-Type-Options", "nosniff")
         return resource
 
-    def delete(self, request: Any, upload_id: str) -> bytes:
+    def delete(self, request: Any, upload_id: str) -> "Deferred[bytes]":
         checkVersion(request)
-        self.uploads.terminate(upload_id, TUS)
-        request.setResponseCode(204)
-        return b""
+
+        def terminated(_: bool) -> bytes:
+            request.setResponseCode(204)
+            return b""
+
+        return self.uploads.terminate(upload_id, TUS).addCallback(terminated)
 
 
 def _hashWritten(path: str, digest: Any, offset: int, length: int) -> bytes:
@@ -397,11 +400,6 @@ def _copyParts(sources: List[str], upload: OpenUpload) -> None:
                     break
                 position += n
                 remaining -= n
-
-
-def _releasing(failure: Any, upload: OpenUpload) -> Any:
-    upload.close()
-    return failure
 
 
 _TOKEN_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+\Z")
