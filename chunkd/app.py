@@ -7,7 +7,7 @@ services.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from twisted.logger import Logger
 
@@ -18,16 +18,17 @@ from chunkd.protocols.facade import FacadeProtocol
 from chunkd.protocols.resumable import chunkProtocols
 from chunkd.protocols.tus import TusProtocol
 from chunkd.publish import Publisher
+from chunkd.routes import UploadProtocol
 from chunkd.store import UploadRecord, UploadStore
 from chunkd.uploads import UploadService
 from chunkd.web import ChunkdSite, Cors, buildRoutes
 
 
-def buildProtocols(config: Config, uploads: UploadService) -> List[Any]:
+def buildProtocols(config: Config, uploads: UploadService) -> List[UploadProtocol]:
     """
     The enabled protocols, each at its configured path.
     """
-    protocols: List[Any] = []
+    protocols: List[UploadProtocol] = []
     if config.tus.enabled:
         protocols.append(TusProtocol(config, uploads))
     if config.uploads.enabled:
@@ -50,7 +51,7 @@ class Chunkd:
         self.uploads = UploadService(config, store, disk, self.publisher)
         self.protocols = buildProtocols(config, self.uploads)
         self.metrics: Optional[Metrics] = None
-        installed: List[Any] = list(self.protocols)
+        installed: List[UploadProtocol] = list(self.protocols)
         if config.metrics.enabled:
             self.metrics = Metrics(config, store, disk)
             installed.append(MetricsEndpoint(self.metrics, config.metrics.path))

@@ -77,13 +77,6 @@ class OneShotResult(Generic[T]):
             d.callback(self._result)
 
 
-def fired(value: T) -> "OneShotResult[T]":
-    """A L{OneShotResult} that already holds C{value}."""
-    shared: OneShotResult[T] = OneShotResult()
-    shared.fire(value)
-    return shared
-
-
 class SharedWork(Generic[T]):
     """
     At most one piece of work per key at a time: whoever asks while it runs

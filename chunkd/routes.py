@@ -92,9 +92,9 @@ class RouteTable:
         self._bodies: Dict[str, Tuple[str, Optional[BodyFactory]]] = {}
         self._adapter: Any = None
         #: the installed protocols by name
-        self.protocols: Dict[str, Any] = {}
+        self.protocols: Dict[str, UploadProtocol] = {}
 
-    def install(self, protocol: Any) -> None:
+    def install(self, protocol: UploadProtocol) -> None:
         """Add every route of C{protocol}."""
         self.protocols[protocol.name] = protocol
         for route in protocol.routes():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from typing import Any, List, Optional, cast
+from typing import Any, List, Optional, Sequence, cast
 
 from klein import Klein
 from werkzeug.exceptions import HTTPException
@@ -19,7 +19,7 @@ from twisted.web.server import Site
 
 from chunkd.config import Config
 from chunkd.errors import UploadError, diskError, internalError
-from chunkd.routes import RouteTable
+from chunkd.routes import RouteTable, UploadProtocol
 from chunkd.streaming import StreamingRequest
 
 log = Logger()
@@ -240,7 +240,7 @@ class ChunkdSite(Site):
         return done
 
 
-def buildRoutes(protocols: List[Any]) -> "tuple[RouteTable, List[str]]":
+def buildRoutes(protocols: Sequence[UploadProtocol]) -> "tuple[RouteTable, List[str]]":
     """
     One Klein app with every protocol's routes, the error rendering every
     route shares, and the response headers browsers may read.

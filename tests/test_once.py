@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from chunkd.once import OneShotResult, SharedWork, fired
+from chunkd.once import OneShotResult, SharedWork
 
 
 class OneShotResultTests(unittest.TestCase):
@@ -36,7 +36,8 @@ class OneShotResultTests(unittest.TestCase):
             self.failureResultOf(d, ValueError)
 
     def test_firstFireWins(self) -> None:
-        shared = fired(1)
+        shared: OneShotResult[int] = OneShotResult()
+        shared.fire(1)
         shared.fire(2)
         self.assertTrue(shared.fired)
         self.assertEqual(self.successResultOf(shared.whenFired()), 1)
