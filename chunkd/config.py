@@ -475,11 +475,19 @@ def _lockProblem(path: str) -> Optional[str]:
             return "file locks do not exclude here"
         os.close(first)
         first = -1
-        try:
-            fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return "a released file lock stays held here"
-        return None
+        # A network file system frees the lock a moment after the close
+        # (GlusterFS: milliseconds): give it a second before concluding.
+        import time
+
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return None
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return "a released file lock stays held here"
+                time.sleep(0.01)
     finally:
         for fd in (first, second):
             if fd >= 0:
