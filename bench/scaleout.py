@@ -1,9 +1,11 @@
 """
 Scale-out: aggregate throughput and HEAD rate with 1, 2 and 4 chunkd
 processes on one storage directory behind nginx (deploy/nginx-chunkd.conf),
-against the same workloads sent to one process directly.
+and with 1 and 2 processes accepting on one shared listening socket (as
+systemd/chunkd@.service runs them, no proxy), against the same workloads
+sent to one process directly.
 
-    python bench/scaleout.py [--rounds 3] [--processes 1,2,4]
+    python bench/scaleout.py [--rounds 3] [--processes 1,2,4] [--shared 2]
 
 Workloads (bench/loadgen.py): 64 concurrent 16 MiB tus uploads; one 1 GiB
 file through Resumable.js in 1 MiB chunks, 8 at a time; 20,000 HEADs over
@@ -51,11 +53,15 @@ def waitFor(port: int, process: subprocess.Popen) -> None:
 class Setup:
     """N chunkd processes on one storage directory, and nginx if asked."""
 
-    def __init__(self, work: str, processes: int, nginx: bool) -> None:
+    def __init__(self, work: str, processes: int, mode: str) -> None:
         self.work = work
         self.storage = os.path.join(work, "storage")
         os.makedirs(self.storage, exist_ok=True)
         self.procs: List[subprocess.Popen] = []
+        if mode == "shared":
+            self.shareOneSocket(processes)
+            return
+        nginx = mode == "nginx"
         ports = []
         for n in range(processes):
             port = freePort()
@@ -91,6 +97,35 @@ class Setup:
                                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             self.procs.append(nginxProcess)
             waitFor(self.port, nginxProcess)
+
+    def shareOneSocket(self, processes: int) -> None:
+        """
+        What systemd does for chunkd@.service instances: one listening socket
+        (systemd's Backlog=4096), passed to every process as descriptor 3 with
+        LISTEN_FDS/LISTEN_PID (see tests/test_socket_activation.py).
+        """
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4096)
+        self.port = listener.getsockname()[1]
+        config = os.path.join(self.work, "chunkd.yaml")
+        with open(config, "w") as f:
+            f.write("listen: 'systemd:domain=INET:index=0'\n"
+                    f"storage: {{directory: {self.storage}, durable: false}}\n")
+        env = dict(os.environ, PYTHONPATH=ROOT, LISTEN_FDS="1", LISTEN_FDNAMES="chunkd-http")
+        env.pop("LISTEN_PID", None)
+        for n in range(processes):
+            self.procs.append(subprocess.Popen(
+                ["sh", "-c", 'LISTEN_PID=$$ exec "$@" 3<&0 0</dev/null', "sh",
+                 sys.executable, "-m", "twisted", "chunkd", "--config", config],
+                cwd=ROOT, env=env, stdin=listener.fileno(),
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        listener.close()
+        # A request waits in the backlog until some process accepts it: ask
+        # each process's start-up to finish by waiting a moment, then check
+        # one answer.
+        time.sleep(3)
+        waitFor(self.port, self.procs[0])
 
     def stop(self) -> None:
         for process in self.procs:
@@ -128,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", default="1,2,4")
+    parser.add_argument("--shared", default="2", help="process counts on one shared socket ('' for none)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="chunkd-scaleout-", dir="/var/tmp")
     try:
@@ -135,12 +171,13 @@ def main() -> None:
         with open(big, "wb") as f:
             for _ in range(64):
                 f.write(os.urandom(16 * MiB))
-        configs = [("1 process, direct", 1, False)] + [
-            (f"{n} behind nginx", n, True) for n in map(int, args.processes.split(","))]
+        configs = [("1 process, direct", 1, "direct")] + [
+            (f"{n} on one shared socket", n, "shared") for n in map(int, filter(None, args.shared.split(",")))
+        ] + [(f"{n} behind nginx", n, "nginx") for n in map(int, filter(None, args.processes.split(",")))]
         results: Dict[str, List[Tuple[float, float, float]]] = {name: [] for name, _, _ in configs}
         for round in range(args.rounds):
-            for name, processes, nginx in configs:
-                setup = Setup(os.path.join(work, "run"), processes, nginx)
+            for name, processes, mode in configs:
+                setup = Setup(os.path.join(work, "run"), processes, mode)
                 try:
                     figures = measure(setup, big)
                 finally:
