@@ -43,7 +43,7 @@ def _duration(default: float, doc: str) -> Any:
 def _plain(default: Any, doc: str, kind: str = "") -> Any:
     if isinstance(default, (list, tuple)):
         return field(
-            default_factory=lambda: tuple(default), metadata={"kind": "list", "doc": doc}
+            default_factory=lambda: tuple(default), metadata={"kind": kind or "list", "doc": doc}
         )
     return field(default=default, metadata={"kind": kind, "doc": doc})
 
@@ -188,8 +188,11 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class Config:
-    listen: str = _plain(
-        "tcp:port=8080:interface=127.0.0.1", "any Twisted server endpoint", "endpoint"
+    listen: tuple = _plain(
+        ["tcp:port=8080:interface=127.0.0.1"],
+        "Twisted server endpoints (one, or a list: e.g. ssl: on the public address and tcp: "
+        "on loopback)",
+        "endpoints",
     )
     storage: StorageConfig = field(default_factory=StorageConfig)
     tus: TusConfig = field(default_factory=TusConfig)
@@ -303,6 +306,14 @@ def _convert(key: str, f: dataclasses.Field, value: object) -> object:
             if not isinstance(value, list):
                 raise ValueError("expected a list of mappings")
             return tuple(_build(f.metadata["item"], item, f"{key}[{i}].") for i, item in enumerate(value))
+        if kind == "endpoints":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected an endpoint or a non-empty list of endpoints")
+            if len(set(value)) != len(value):
+                raise ValueError("the same endpoint is listed twice")
+            return tuple(_checkEndpoint(v) for v in value)
         if kind == "list":
             if isinstance(value, str):
                 value = [value]

@@ -8,10 +8,12 @@ tuning done once at start.
 from __future__ import annotations
 
 import gc
-from typing import Any, Callable
+import os
+import sys
+from typing import Any, Callable, List, Sequence
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks
 from twisted.logger import Logger
 
 from chunkd.app import Chunkd
@@ -60,45 +62,71 @@ class Reconciler(Service):
 
 class WebService(Service):
     """
-    Listens on the configured endpoint; on stop, stops accepting, lets
-    requests in progress finish for up to C{network.shutdown_grace}
-    seconds, then cuts the rest (their bytes are still recorded).
+    Listens on every configured endpoint (HTTPS on a public address and
+    HTTP on loopback, say), all serving the one Site; on stop, stops
+    accepting, lets requests in progress finish for up to
+    C{network.shutdown_grace} seconds, then cuts the rest (their bytes are
+    still recorded).
 
-    @ivar whenListening: fires with the listening port.
+    @ivar whenListening: fires with the listening ports once every
+        endpoint listens; fails (and stops the reactor) if one cannot.
     """
 
     name = "web"
 
-    def __init__(self, endpoint: Any, site: ChunkdSite, reactor: Any, grace: Callable[[], float]) -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoints: Sequence[Any], site: ChunkdSite, reactor: Any,
+                 grace: Callable[[], float]) -> None:
+        self.endpoints = list(endpoints)
         self.site = site
         self.reactor = reactor
         self.grace = grace
-        self.port: Any = None
+        self.ports: List[Any] = []
         self.whenListening: Deferred[Any] = Deferred()
 
     def startService(self) -> None:
         super().startService()
-        d = self.endpoint.listen(self.site)
 
-        def listening(port: Any) -> Any:
-            self.port = port
-            self.whenListening.callback(port)
-            return port
+        def listening(ports: List[Any]) -> Any:
+            self.whenListening.callback(ports)
+            return ports
 
         def failed(failure: Any) -> None:
-            Logger().failure("cannot listen", failure)
+            failure = failure.value.subFailure if isinstance(failure.value, FirstError) else failure
+            Logger().error("cannot listen: {reason}", reason=failure.getErrorMessage())
             self.whenListening.errback(failure)
-            self.reactor.stop()
+            self.whenListening.addErrback(lambda _: None)  # reported just above
+            # A daemon that cannot serve must not linger half-started: stop
+            # (the reactor may not be running yet: services start before it),
+            # close the ports that did open, and exit non-zero afterwards.
+            self.reactor.addSystemEventTrigger("after", "shutdown", exitFailed)
+            self.reactor.callWhenRunning(self.reactor.stop)
 
+        def opened(port: Any) -> Any:
+            # Kept as each opens, so a stop closes them even if another fails.
+            self.ports.append(port)
+            return port
+
+        self.ports = []
+        d = gatherResults([endpoint.listen(self.site).addCallback(opened) for endpoint in self.endpoints],
+                          consumeErrors=True)
         d.addCallbacks(listening, failed)
 
     @inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
-        if self.port is not None:
-            yield self.port.stopListening()
+        yield gatherResults([port.stopListening() for port in self.ports])
+        self.ports = []
         yield self.site.shutdown(self.reactor, self.grace())
+
+
+def exitFailed() -> None:
+    """
+    Exit with status 1 once the reactor has shut down (twist itself would
+    exit 0): systemd and shell scripts see that the start failed.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 class SequentialMultiService(MultiService):

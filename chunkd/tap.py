@@ -82,7 +82,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
     if chunkd.metrics is not None:
         metrics = chunkd.metrics
         janitor.onReport = lambda report: metrics.setActive(report.active)
-    web = WebService(serverFromString(reactor, config.listen), chunkd.site, reactor,
+    web = WebService([serverFromString(reactor, e) for e in config.listen], chunkd.site, reactor,
                      lambda: chunkd.config.network.shutdown_grace)
     web.setServiceParent(top)
     logLevel = LogLevelControl(config.log_level)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from treq.client import HTTPClient
@@ -415,11 +415,16 @@ class Daemon:
     constructor returns once the port accepts.
     """
 
-    def __init__(self, config: Dict, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, config: Dict, env: Optional[Dict[str, str]] = None,
+                 alsoListen: Sequence[str] = ()) -> None:
+        """
+        @param alsoListen: more endpoints to listen on, after the port
+            this waits for.
+        """
         self.dir = tempfile.mkdtemp(prefix="chunkd-ops-")
         self.port = freePort()
         self.configPath = os.path.join(self.dir, "chunkd.yaml")
-        self.config = dict(config, listen=f"tcp:port={self.port}:interface=127.0.0.1")
+        self.config = dict(config, listen=[f"tcp:port={self.port}:interface=127.0.0.1", *alsoListen])
         self.config.setdefault("storage", {"directory": os.path.join(self.dir, "data")})
         self.writeConfig(self.config)
         self.logPath = os.path.join(self.dir, "log")

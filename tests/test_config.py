@@ -48,7 +48,7 @@ class LoadTests(unittest.TestCase):
 
     def test_defaults(self) -> None:
         config = loadConfig(None)
-        self.assertEqual(config.listen, "tcp:port=8080:interface=127.0.0.1")
+        self.assertEqual(config.listen, ("tcp:port=8080:interface=127.0.0.1",))
         self.assertEqual(config.storage.directory, "./chunkd-data")
         self.assertEqual(config.tus.path, "/files")
         self.assertEqual((config.limits.max_size, config.network.idle_timeout), (0, 60.0))
@@ -66,7 +66,15 @@ class LoadTests(unittest.TestCase):
     def test_overridesWin(self) -> None:
         path = self.write("storage:\n  directory: /a\n")
         config = loadConfig(path, {"storage.directory": "/b", "listen": "tcp:9999"})
-        self.assertEqual((config.storage.directory, config.listen), ("/b", "tcp:9999"))
+        self.assertEqual((config.storage.directory, config.listen), ("/b", ("tcp:9999",)))
+
+    def test_listenList(self) -> None:
+        """
+        C{listen} takes one endpoint or a list of them, kept in order.
+        """
+        path = self.write("listen:\n  - tcp:port=9998:interface=127.0.0.1\n  - tcp:port=9999\n")
+        config = loadConfig(path)
+        self.assertEqual(config.listen, ("tcp:port=9998:interface=127.0.0.1", "tcp:port=9999"))
 
     def test_mistakes(self) -> None:
         self.assertConfigError("bogus: 1\n", "bogus", "unknown key")
@@ -74,7 +82,10 @@ class LoadTests(unittest.TestCase):
         self.assertConfigError("limits:\n  max_size: lots\n", "limits.max_size", "size")
         self.assertConfigError("network:\n  idle_timeout: [1]\n", "network.idle_timeout", "duration")
         self.assertConfigError("listen: 'nonsense:1'\n", "listen", "endpoint")
-        self.assertConfigError("listen: 8080\n", "listen", "string")
+        self.assertConfigError("listen: 8080\n", "listen", "list of endpoints")
+        self.assertConfigError("listen: []\n", "listen", "non-empty list")
+        self.assertConfigError("listen: ['tcp:9999', 'tcp:9999']\n", "listen", "twice")
+        self.assertConfigError("listen: ['tcp:9999', 'nonsense:1']\n", "listen", "endpoint")
         self.assertConfigError("tus:\n  enabled: yes please\n", "tus.enabled", "true or false")
         self.assertConfigError("tus:\n  path: files\n", "tus.path", "absolute")
         self.assertConfigError("storage: 5\n", "storage", "mapping")

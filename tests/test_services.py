@@ -1,0 +1,165 @@
+"""
+The listening side of L{chunkd.services.WebService} for real: a chunkd
+process listening on a list of endpoints -- HTTPS with a certificate made
+in the test, and plain HTTP on loopback -- serving the same uploads on
+each; a tus upload and a Resumable.js upload over TLS, verified by treq
+through service-identity; and a list with an endpoint that cannot listen
+refused at start in one line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any, Tuple
+from urllib.parse import urlencode
+
+from treq.client import HTTPClient
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import defer, reactor
+from twisted.internet.ssl import Certificate
+from twisted.trial import unittest
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseFailed
+
+from tests.helpers import ROOT, Daemon, freePort, h, waitForPort
+
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+def makeCertificate(directory: str) -> Tuple[str, str, bytes]:
+    """
+    A self-signed certificate for C{localhost} and 127.0.0.1 and its key,
+    written as PEM files; returns their paths and the certificate's PEM.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certPem = certificate.public_bytes(serialization.Encoding.PEM)
+    keyPath, certPath = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
+    with open(keyPath, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(certPath, "wb") as f:
+        f.write(certPem)
+    return keyPath, certPath, certPem
+
+
+class TLSTests(unittest.TestCase):
+    """
+    HTTPS on one endpoint, HTTP on another, one chunkd process.
+    """
+
+    def setUp(self) -> None:
+        self.certs = tempfile.mkdtemp(prefix="chunkd-tls-")
+        keyPath, certPath, self.certPem = makeCertificate(self.certs)
+        self.tlsPort = freePort()
+        self.daemon = Daemon({}, alsoListen=[
+            f"ssl:port={self.tlsPort}:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"])
+        self.addCleanup(self.daemon.stop)
+        if not waitForPort(self.tlsPort, self.daemon.process):
+            self.fail("the TLS port never opened:\n" + self.daemon.logText())
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(self.certPem))
+        self.https = HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+        self.tls = f"https://localhost:{self.tlsPort}"
+        self.plain = f"http://127.0.0.1:{self.daemon.port}"
+
+    @defer.inlineCallbacks
+    def test_tusOverTLS(self) -> Any:
+        """
+        Created and written over HTTPS (Location says https), read back over
+        the plain loopback endpoint: one store behind both.
+        """
+        data = os.urandom(300_000)
+        created = yield self.https.post(f"{self.tls}/files/", headers=dict(TUS, **{"Upload-Length": str(len(data))}))
+        yield created.content()
+        self.assertEqual(created.code, 201)
+        location = h(created, "location")
+        self.assertTrue(location.startswith(f"https://localhost:{self.tlsPort}/files/"), location)
+        patched = yield self.https.patch(location, data=data, headers=dict(TUS, **{
+            "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}))
+        yield patched.content()
+        self.assertEqual((patched.code, h(patched, "upload-offset")), (204, str(len(data))))
+        path = location.split(str(self.tlsPort), 1)[1]
+        got = yield self.https.get(self.plain + path, headers=TUS)
+        self.assertEqual((got.code, (yield got.content())), (200, data))
+
+    @defer.inlineCallbacks
+    def test_resumableOverTLS(self) -> Any:
+        data = os.urandom(3 * 65536 + 100)
+        size = 65536
+        total = len(data) // size
+        query = {"resumableChunkSize": size, "resumableTotalSize": len(data), "resumableTotalChunks": total,
+                 "resumableIdentifier": f"{len(data)}-tls-bin", "resumableFilename": "tls.bin"}
+        for n in range(1, total + 1):
+            chunk = data[(n - 1) * size: n * size if n < total else len(data)]
+            params = dict(query, resumableChunkNumber=n, resumableCurrentChunkSize=len(chunk))
+            response = yield self.https.post(f"{self.tls}/resumable?{urlencode(params)}", data=chunk)
+            body = yield response.content()
+            self.assertEqual(response.code, 200, body)
+        complete = os.path.join(self.daemon.config["storage"]["directory"], "complete")
+        # Published under its upload id; the sidecar keeps the client's name.
+        [published] = [name for name in os.listdir(complete) if not name.endswith(".json")]
+        with open(os.path.join(complete, published + ".json")) as f:
+            self.assertEqual(json.load(f)["clientFilename"], "tls.bin")
+        with open(os.path.join(complete, published), "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), hashlib.sha256(data).hexdigest())
+
+    @defer.inlineCallbacks
+    def test_untrustedCertificateIsRefusedByTheClient(self) -> Any:
+        """
+        The check above is real: a client that does not trust the test's
+        certificate refuses the connection (service-identity and the trust
+        root decide, not a disabled verification).
+        """
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        client = HTTPClient(Agent(reactor, pool=pool))
+        with self.assertRaises(ResponseFailed):
+            yield client.get(f"{self.tls}/health")
+
+
+class ListenFailureTests(unittest.TestCase):
+    def test_oneEndpointThatCannotListenStopsTheStart(self) -> None:
+        """
+        A listed endpoint that cannot listen (its port is taken) stops
+        chunkd with one line naming why, and nothing keeps listening.
+        """
+        taken = Daemon({})
+        self.addCleanup(taken.stop)
+        directory = tempfile.mkdtemp(prefix="chunkd-listen-")
+        free = freePort()
+        config = os.path.join(directory, "chunkd.yaml")
+        with open(config, "w") as f:
+            f.write(f"listen: ['tcp:port={free}:interface=127.0.0.1', "
+                    f"'tcp:port={taken.port}:interface=127.0.0.1']\n"
+                    f"storage: {{directory: {directory}/data}}\n")
+        result = subprocess.run([sys.executable, "-m", "twisted", "--log-format=text", "chunkd",
+                                 "--config", config], cwd=directory, capture_output=True, timeout=60,
+                                env=dict(os.environ, PYTHONPATH=ROOT))
+        output = (result.stdout + result.stderr).decode("utf-8", "replace")
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn("cannot listen", output)
+        self.assertIn("Address already in use", output)
+        self.assertNotIn("Traceback", output)
