@@ -17,6 +17,9 @@ setup(
         "pyyaml>=6.0",
         "multipart>=1.2",
         "prometheus-client>=0.20",
+        # JWT verification for auth.jwt (never hand-written): the reference
+        # implementation, maintained, with RSA/EC/EdDSA through cryptography.
+        "PyJWT[crypto]>=2.10",
     ],
     extras_require={
         # mypy-zope types the zope.interface seams (IService, IPushProducer).

@@ -11,6 +11,7 @@ from typing import List, Optional
 
 from twisted.logger import Logger
 
+from chunkd.auth import Authenticator
 from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.metrics import Metrics, MetricsEndpoint
@@ -55,7 +56,7 @@ class Chunkd:
         if config.metrics.enabled:
             self.metrics = Metrics(config, store, disk)
             installed.append(MetricsEndpoint(self.metrics, config.metrics.path))
-        self.routes, self.exposed = buildRoutes(installed)
+        self.routes, self.exposed = buildRoutes(installed, Authenticator(config))
         self.installed = installed
         self.site = ChunkdSite(self.routes, Cors(config, self.exposed), config.network.idle_timeout,
                                self.metrics)
@@ -78,6 +79,7 @@ class Chunkd:
         for protocol in self.installed:
             protocol.reconfigure(config)
         self.site.cors = Cors(config, self.exposed)
+        self.routes.authenticator = Authenticator(config)
         self.site.timeOut = config.network.idle_timeout or None
         self._applyTuning(config)
 

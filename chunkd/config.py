@@ -119,6 +119,9 @@ class LimitsConfig:
     max_size: int = _size(0, "bytes per upload; 0 = unlimited")
     max_metadata_size: int = _size(4096, "bytes of Upload-Metadata per upload")
     max_concat_parts: int = _plain(1000, "partial uploads one final upload may name")
+    max_active_uploads: int = _plain(
+        0, "unfinished uploads one subject (auth) may have at once; 0 = no limit"
+    )
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,26 @@ class HooksConfig:
 class MetricsConfig:
     enabled: bool = _plain(True, "serve Prometheus metrics")
     path: str = _plain("/metrics", "where the metrics are served")
+    token: str = _plain("", "bearer token the metrics need; empty = open to anyone who can connect")
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    secret: str = _plain("", "HS256/HS384/HS512 shared secret; empty = no HMAC tokens")
+    public_key: str = _plain("", "path to a PEM public key (RS256, ES256, EdDSA); empty = none")
+    audience: str = _plain("", "when set, a token's aud must name it")
+    issuer: str = _plain("", "when set, a token's iss must be it")
+    leeway: float = _duration(30.0, "clock skew allowed on exp, nbf and iat")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    required: bool = _plain(False, "every upload request of every protocol needs a valid token")
+    tokens: dict = field(
+        default_factory=dict,
+        metadata={"kind": "mapping", "doc": "static bearer tokens -> the subject each stands for"},
+    )
+    jwt: JwtConfig = field(default_factory=JwtConfig)
 
 
 @dataclass(frozen=True)
@@ -204,6 +227,7 @@ class Config:
     janitor: JanitorConfig = field(default_factory=JanitorConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     resumable: ResumableConfig = field(default_factory=ResumableConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     complete: CompleteConfig = field(default_factory=CompleteConfig)
@@ -314,6 +338,12 @@ def _convert(key: str, f: dataclasses.Field, value: object) -> object:
             if len(set(value)) != len(value):
                 raise ValueError("the same endpoint is listed twice")
             return tuple(_checkEndpoint(v) for v in value)
+        if kind == "mapping":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()
+            ):
+                raise ValueError("expected a mapping of non-empty strings to non-empty strings")
+            return dict(value)
         if kind == "list":
             if isinstance(value, str):
                 value = [value]
@@ -390,6 +420,7 @@ def _checkSemantics(config: Config) -> Config:
         unknown = set(hook.events) - set(HOOK_EVENTS)
         if unknown:
             raise ConfigError(f"hooks.endpoints[{i}].events", f"unknown event {sorted(unknown)[0]!r}")
+    _checkAuth(config)
     if config.janitor.interval <= 0:
         raise ConfigError("janitor.interval", "must be more than 0")
     mounts = {}
@@ -401,6 +432,34 @@ def _checkSemantics(config: Config) -> Config:
     if len(set(enabled)) != len(enabled):
         raise ConfigError("path", "two protocols are mounted at the same path")
     return replace(config, metrics=metrics, **mounts)
+
+
+def _checkAuth(config: Config) -> None:
+    """
+    Mistakes that would refuse every token, or accept forged ones.
+    """
+    jwtConfig = config.auth.jwt
+    if jwtConfig.secret and len(jwtConfig.secret.encode("utf-8")) < 32:
+        # RFC 7518 3.2: an HMAC key as long as the hash at least.
+        raise ConfigError("auth.jwt.secret", "must be at least 32 bytes (256 bits)")
+    if jwtConfig.public_key:
+        try:
+            with open(jwtConfig.public_key, "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            raise ConfigError("auth.jwt.public_key", f"cannot read {jwtConfig.public_key}: {e.strerror}")
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        from chunkd.auth import publicKeyAlgorithms
+
+        try:
+            key = load_pem_public_key(pem)
+        except (ValueError, TypeError):
+            raise ConfigError("auth.jwt.public_key", f"{jwtConfig.public_key} is not a PEM public key")
+        if not publicKeyAlgorithms(key):
+            raise ConfigError("auth.jwt.public_key", "expected an RSA, EC or Ed25519/Ed448 public key")
+    if config.auth.required and not (config.auth.tokens or jwtConfig.secret or jwtConfig.public_key):
+        raise ConfigError("auth.required", "needs auth.tokens or an auth.jwt key to accept")
 
 
 def loadConfig(

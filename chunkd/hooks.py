@@ -70,6 +70,7 @@ def describe(store: UploadStore, record: UploadRecord) -> Dict[str, Any]:
     return {
         "id": record.id,
         "protocol": record.protocol,
+        "subject": record.subject,
         "size": record.length,
         "offset": record.offset,
         "state": record.state,

@@ -6,6 +6,7 @@ writer, free space from the storage directory at scrape time.
 
 from __future__ import annotations
 
+import hmac
 import os
 from typing import Any, List, Optional, Sequence
 
@@ -13,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from chunkd.config import Config
 from chunkd.disk import DiskService
+from chunkd.errors import Unauthorized
 from chunkd.routes import Route
 from chunkd.events import POST_CREATE, POST_EXPIRE, POST_FINISH, POST_TERMINATE
 from chunkd.store import UploadRecord, UploadStore
@@ -93,7 +95,23 @@ class MetricsEndpoint:
         self.path = path
 
     def routes(self) -> Sequence[Route]:
-        return [Route(self.path, ("GET",), self.metrics.render, label="other")]
+        # Public to upload tokens: the metrics have their own (metrics.token).
+        return [Route(self.path, ("GET",), self.render, label="other", public=True)]
+
+    def render(self, request: Any) -> bytes:
+        """
+        The metrics, to anyone who can connect -- or, with C{metrics.token},
+        only to a scraper presenting it as a bearer token (compared in
+        constant time).
+        """
+        token = self.metrics.config.metrics.token
+        if token:
+            given = request.getHeader(b"authorization") or b""
+            expected = f"Bearer {token}".encode("utf-8")
+            if not hmac.compare_digest(given, expected):
+                raise Unauthorized("the metrics need their bearer token",
+                                   headers={"WWW-Authenticate": 'Bearer realm="chunkd-metrics"'})
+        return self.metrics.render(request)
 
     def reconfigure(self, config: Config) -> None:
         self.metrics.config = config

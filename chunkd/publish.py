@@ -90,6 +90,7 @@ class Publisher:
         info: Dict[str, Any] = {
             "id": uploadId,
             "protocol": record.protocol,
+            "subject": record.subject,
             "created": record.created,
             "size": size,
             "filename": name,

@@ -13,6 +13,7 @@ with -- so a body's sink and the route that answers can never disagree.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 from urllib.parse import unquote
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
+from chunkd.auth import ANONYMOUS, Authenticator, Principal, invalidToken
 from chunkd.config import Config
 from chunkd.errors import UploadError, diskError, internalError
 from chunkd.streaming import BodySink, BoundedBody, DiscardBody
@@ -41,6 +43,8 @@ class Route:
     factory that decides, when the headers end, where the body goes.
 
     @ivar label: the protocol label metrics use (default: the protocol's).
+    @ivar public: served without a token even with C{auth.required}
+        (C{/health}; the metrics check their own token).
     """
 
     path: str
@@ -48,6 +52,7 @@ class Route:
     render: Callable[..., Any]
     body: Optional[BodyFactory] = None
     label: Optional[str] = None
+    public: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,23 @@ class RouteMatch:
     protocol: str
     endpoint: str
     args: Dict[str, Any] = field(default_factory=dict)
+    public: bool = True
+
+
+def _refusing(render: Callable[..., Any]) -> Callable[..., Any]:
+    """
+    C{render}, unless the request was refused when its headers ended (no
+    or a bad token): then the refusal is the answer, whatever the route.
+    """
+
+    @functools.wraps(render)
+    def guarded(request: Any, *args: Any, **kwargs: Any) -> Any:
+        refusal = getattr(request, "refusal", None)
+        if refusal is not None:
+            raise refusal
+        return render(request, *args, **kwargs)
+
+    return guarded
 
 
 class UploadProtocol(Protocol):
@@ -87,9 +109,11 @@ class RouteTable:
 
     smallBodyLimit = 64 * 1024
 
-    def __init__(self, app: Klein) -> None:
+    def __init__(self, app: Klein, authenticator: Optional[Authenticator] = None) -> None:
         self.app = app
-        self._bodies: Dict[str, Tuple[str, Optional[BodyFactory]]] = {}
+        #: who is asking, decided once per request at the end of its headers
+        self.authenticator = authenticator
+        self._bodies: Dict[str, Tuple[str, Optional[BodyFactory], bool]] = {}
         self._adapter: Any = None
         #: the installed protocols by name
         self.protocols: Dict[str, UploadProtocol] = {}
@@ -102,8 +126,8 @@ class RouteTable:
 
     def add(self, protocol: str, route: Route) -> None:
         endpoint = f"{protocol}:{','.join(route.methods)}:{route.path}"
-        self.app.route(route.path, methods=list(route.methods), endpoint=endpoint)(route.render)
-        self._bodies[endpoint] = (route.label or protocol, route.body)
+        self.app.route(route.path, methods=list(route.methods), endpoint=endpoint)(_refusing(route.render))
+        self._bodies[endpoint] = (route.label or protocol, route.body, route.public)
         self._adapter = None
 
     def match(self, method: bytes, path: bytes) -> Optional[Tuple[RouteMatch, Optional[BodyFactory]]]:
@@ -117,8 +141,26 @@ class RouteTable:
             endpoint, args = self._adapter.match(pathInfo, method.decode("latin-1"))
         except (HTTPException, RequestRedirect, UnicodeError):
             return None
-        label, body = self._bodies.get(endpoint, ("other", None))
-        return RouteMatch(label, endpoint, args), body
+        label, body, public = self._bodies.get(endpoint, ("other", None, True))
+        return RouteMatch(label, endpoint, args, public), body
+
+    def principalFor(self, request: Any, match: RouteMatch) -> Principal:
+        """
+        Who asks, and whether their token allows this route's protocol.
+        Public routes and every OPTIONS (CORS preflights cannot carry a
+        token; tus's OPTIONS only describes the server) need no token.
+
+        @raise UploadError: 401 or 403 (L{chunkd.auth}).
+        """
+        if self.authenticator is None or match.public or request.method == b"OPTIONS":
+            return ANONYMOUS
+        values = request.requestHeaders.getRawHeaders(b"authorization")
+        if values and len(values) > 1:
+            raise invalidToken("more than one Authorization header")
+        principal = self.authenticator.authenticate(
+            values[0].decode("latin-1") if values else None)
+        principal.checkProtocol(match.protocol)
+        return principal
 
     def sinkFor(self, request: Any) -> BodySink:
         """
@@ -129,6 +171,14 @@ class RouteTable:
         """
         found = self.match(request.method, request.path)
         request.route = found[0] if found is not None else None
+        if found is not None:
+            try:
+                request.principal = self.principalFor(request, found[0])
+            except UploadError as e:
+                # Refused before a byte of body is taken; the route answers
+                # with the refusal once the body is discarded.
+                request.refusal = e
+                return DiscardBody(e)
         if found is None or found[1] is None:
             return BoundedBody(self.smallBodyLimit)
         match, factory = found

@@ -135,6 +135,9 @@ class UploadRecord:
     @ivar extra: the protocol's own state (tus concatenation, a chunk map,
         token digests).  Only the protocol reads it; the store, hooks and
         janitor never do.
+    @ivar subject: who created it (the subject of a bearer token, see
+        L{chunkd.auth}), or C{None} without one; only the same subject
+        finds it.  (Records from before auth have none.)
     @ivar schema: the record format (L{RECORD_SCHEMA}).
     """
 
@@ -150,6 +153,7 @@ class UploadRecord:
     published: Optional[Publication] = None
     publishing: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    subject: Optional[str] = None
     schema: int = RECORD_SCHEMA
 
     @property
@@ -297,7 +301,14 @@ class UploadStore:
         @raise UploadNotFound: no such upload.
         @raise UploadGone: it was terminated or has expired.
         """
-        record = self.get(uploadId)
+        return self.live(self.get(uploadId))
+
+    def live(self, record: UploadRecord) -> UploadRecord:
+        """
+        C{record}, unless it is a tombstone or has expired.
+
+        @raise UploadGone: it was terminated or has expired.
+        """
         if record.state in (TERMINATED, EXPIRED):
             raise UploadGone(f"upload was {record.state}")
         if record.state == ACTIVE and record.expires is not None and record.expires <= self.clock():
@@ -376,6 +387,7 @@ class UploadStore:
         metadata: Optional[Dict[str, Optional[str]]] = None,
         extra: Optional[Dict[str, Any]] = None,
         uploadId: Optional[str] = None,
+        subject: Optional[str] = None,
     ) -> Deferred[UploadRecord]:
         """
         Create an upload: its data file (preallocated when C{length} is
@@ -397,6 +409,7 @@ class UploadStore:
             expires=now + expireAfter if expireAfter else None,
             state=COMPLETE if length == 0 else ACTIVE,
             extra=dict(extra or {}),
+            subject=subject,
         )
         if self.events.preCreate is not None:
             d = self.events.preCreate(record)

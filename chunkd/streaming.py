@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http_headers import Headers
 
+from chunkd.auth import ANONYMOUS, Principal
 from chunkd.errors import TooLarge, UploadError
 
 if TYPE_CHECKING:
@@ -121,11 +122,18 @@ class StreamingRequest(server.Request):
     @ivar bodySink: the sink chosen when the headers ended.
     @ivar route: the route the request matched (L{chunkd.routes.RouteMatch}),
         or C{None}: known from the end of the headers on.
+    @ivar principal: who asks, by their token (L{chunkd.auth.Principal}).
+    @ivar refusal: the error the request was refused with when its headers
+        ended (a missing or bad token), answered whatever the route.
     @ivar trailers: HTTP trailers of a chunked body, once it ended.
     """
 
     bodySink: BodySink
     route: Optional["RouteMatch"] = None
+    #: who asks (L{chunkd.auth}), known from the end of the headers on
+    principal: Principal = ANONYMOUS
+    #: why the request was refused at the end of its headers, if it was
+    refusal: Optional[UploadError] = None
     _bodyOpen = False
     # Twisted labels every response text/html; most of ours have no body.
     defaultContentType = None

@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chunkd.auth import ANONYMOUS, Principal
 from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.errors import (
@@ -125,38 +126,57 @@ class UploadService:
 
     # -- finding and creating ------------------------------------------------
 
-    def find(self, uploadId: str, protocol: str) -> UploadRecord:
+    def find(self, uploadId: str, protocol: str, principal: Principal = ANONYMOUS) -> UploadRecord:
         """
-        A live upload of C{protocol}.  Another protocol's upload is not
-        found: its rules would not apply to it.
+        A live upload of C{protocol} that C{principal} may see.  Another
+        protocol's upload is not found: its rules would not apply to it.
+        Nor is another subject's, tombstone or not: to them it answers
+        exactly as an id that never existed.
 
-        @raise UploadNotFound: no such upload (of this protocol).
+        @raise Forbidden: the principal's token is for another upload.
+        @raise UploadNotFound: no such upload (of this protocol, of this
+            subject).
         @raise UploadGone: terminated or expired.
         """
-        record = self.store.getLive(uploadId)
-        if record.protocol != protocol:
+        principal.checkUpload(uploadId)
+        record = self.store.get(uploadId)
+        if record.protocol != protocol or record.subject != principal.subject:
             raise noSuchUpload()
-        return record
+        return self.store.live(record)
 
-    def open(self, uploadId: str, protocol: str) -> OpenUpload:
+    def open(self, uploadId: str, protocol: str, principal: Principal = ANONYMOUS) -> OpenUpload:
         """
-        A live upload of C{protocol}, locked for writing.
+        A live upload of C{protocol} that C{principal} may see, locked for
+        writing.
 
         @raise UploadLocked: another request is writing to it.
         """
-        self.find(uploadId, protocol)
+        self.find(uploadId, protocol, principal)
         return self.store.open(uploadId)
 
     @property
     def maxSize(self) -> int:
         return self.config.limits.max_size
 
-    def checkSize(self, length: Optional[int], what: str = "Upload-Length") -> None:
+    def maxSizeFor(self, principal: Principal) -> int:
         """
-        @raise TooLarge: C{length} is over C{limits.max_size}.
+        The largest upload C{principal} may create (0: no limit): the
+        smaller of C{limits.max_size} and its token's C{max_size}.
+        """
+        limits = [n for n in (self.maxSize, principal.maxSize) if n]
+        if principal.maxSize == 0:
+            limits.append(0)
+        return min(limits) if limits else 0
+
+    def checkSize(self, length: Optional[int], what: str = "Upload-Length",
+                  principal: Principal = ANONYMOUS) -> None:
+        """
+        @raise TooLarge: C{length} is over C{limits.max_size} or the
+            principal's token's C{max_size}.
         """
         if self.maxSize and length is not None and length > self.maxSize:
             raise TooLarge(f"{what} exceeds the maximum of {self.maxSize} bytes")
+        principal.checkSize(length, what)
 
     def create(
         self,
@@ -166,19 +186,26 @@ class UploadService:
         extra: Optional[Dict[str, Any]] = None,
         uploadId: Optional[str] = None,
         expires: bool = True,
+        principal: Principal = ANONYMOUS,
     ) -> "Deferred[UploadRecord]":
         """
-        Create an upload (the store preallocates its file, runs the
-        pre-create hook and announces it).
+        Create an upload owned by C{principal}'s subject (the store
+        preallocates its file, runs the pre-create hook and announces it).
 
         @param expires: whether it expires when idle (a tus final
             concatenation, made of finished parts, does not).
+        @raise Forbidden: the principal's token is for one existing upload.
+        @raise TooLarge: C{length} is over a limit.
         """
+        # A token for one upload creates nothing else (a derived id, as
+        # Resumable.js's, may be that very upload).
+        principal.checkUpload(uploadId if uploadId == principal.upload else None)
+        self.checkSize(length, principal=principal)
         expireAfter = self.config.janitor.expire_after if expires else None
         return self.store.create(protocol, length, expireAfter, metadata=metadata, extra=extra,
-                                 uploadId=uploadId)
+                                 uploadId=uploadId, subject=principal.subject)
 
-    def terminate(self, uploadId: str, protocol: str) -> "Deferred[bool]":
+    def terminate(self, uploadId: str, protocol: str, principal: Principal = ANONYMOUS) -> "Deferred[bool]":
         """
         Delete an upload's data and leave a tombstone (later requests learn
         it is gone).  The lock is taken at once; the deletion, which waits
@@ -186,7 +213,7 @@ class UploadService:
 
         @raise UploadLocked: a request is writing to it.
         """
-        upload = self.open(uploadId, protocol)
+        upload = self.open(uploadId, protocol, principal)
         d = self.disk.run(self.store.terminate, uploadId)
         return d.addBoth(releasing, upload)
 

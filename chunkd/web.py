@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from chunkd.auth import Authenticator
 from chunkd.config import Config
 from chunkd.errors import UploadError, diskError, internalError
 from chunkd.routes import RouteTable, UploadProtocol
@@ -240,14 +241,16 @@ class ChunkdSite(Site):
         return done
 
 
-def buildRoutes(protocols: Sequence[UploadProtocol]) -> "tuple[RouteTable, List[str]]":
+def buildRoutes(protocols: Sequence[UploadProtocol],
+                authenticator: Optional[Authenticator] = None) -> "tuple[RouteTable, List[str]]":
     """
     One Klein app with every protocol's routes, the error rendering every
     route shares, and the response headers browsers may read.
     """
     app = Klein()
-    routes = RouteTable(app)
-    exposed: List[str] = []
+    routes = RouteTable(app, authenticator)
+    # A browser client reads why its token was refused.
+    exposed: List[str] = ["WWW-Authenticate"]
     for protocol in protocols:
         routes.install(protocol)
         exposed.extend(protocol.exposedHeaders)

@@ -64,7 +64,7 @@ class PublishTests(PublishTestCase):
         with open(target, "rb") as f:
             self.assertEqual(f.read(), data)
         sidecar = self.sidecar(target)
-        self.assertEqual(set(sidecar), {"id", "protocol", "created", "completedAt", "size", "sha256",
+        self.assertEqual(set(sidecar), {"id", "protocol", "subject", "created", "completedAt", "size", "sha256",
                                         "filename", "clientFilename", "metadata", "path", "name", "extra"})
         self.assertEqual((sidecar["id"], sidecar["sha256"], sidecar["clientFilename"], sidecar["metadata"]),
                          (record.id, hashlib.sha256(data).hexdigest(), "../clip.mp4", {"k": "v"}))

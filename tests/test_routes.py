@@ -130,7 +130,8 @@ class RouteTableTests(unittest.TestCase):
         self.assertIsInstance(sink, BoundedBody)  # not UTF-8: no route, no sink
 
     def test_exposedHeadersOfEveryProtocol(self) -> None:
-        self.assertEqual(self.exposed, ["X-Items", "X-Items"])
+        # WWW-Authenticate: a browser client reads why a token was refused.
+        self.assertEqual(self.exposed, ["WWW-Authenticate", "X-Items", "X-Items"])
 
     def test_oversizedSmallBodiesAreRefused(self) -> None:
         _, sink = self.sinkFor(b"POST", b"/nowhere")

@@ -206,7 +206,7 @@ class FacadeProtocol:
             Route(item, ("HEAD",), self.head),
             Route(item, ("PATCH",), self.patched, body=self.patchSink),
             # At the root whatever the mount: load balancers probe a fixed path.
-            Route("/health", ("GET", "HEAD"), self.healthCheck, label="other"),
+            Route("/health", ("GET", "HEAD"), self.healthCheck, label="other", public=True),
         ]
 
     def _tokenOf(self, request: Any) -> Optional[str]:
@@ -224,11 +224,12 @@ class FacadeProtocol:
         length = tuswire.parseCount("Upload-Length", header(request, "upload-length"))
         if length is None:
             raise BadRequest("Upload-Length is required")
-        self.uploads.checkSize(length)
+        self.uploads.checkSize(length, principal=request.principal)
         rawMetadata, metadata = tuswire.readMetadata(request, self.config.limits.max_metadata_size)
         token, extra = self.tokens.issueFor()
         extra["tus_metadata"] = rawMetadata
-        created = self.uploads.create(FACADE, length, metadata=metadata, extra=extra)
+        created = self.uploads.create(FACADE, length, metadata=metadata, extra=extra,
+                                      principal=request.principal)
         return LateSink(created.addCallback(lambda record: RecordSink(Created(record, token))),
                         request.bodyProducer)
 
@@ -244,7 +245,7 @@ class FacadeProtocol:
         checksum = tuswire.parseChecksum(header(request, "upload-checksum"),
                                  "Upload-Checksum does not match the chunk")
         self._checkDeclaredSize(request, boundary)
-        record = self.uploads.find(upload_id, FACADE)
+        record = self.uploads.find(upload_id, FACADE, request.principal)
         if record.published is not None:
             raise UploadGone("the upload was finalized")
         if self.settings.patch_requires_token:
@@ -332,7 +333,7 @@ class FacadeProtocol:
 
     def head(self, request: Any, upload_id: str) -> bytes:
         tuswire.checkVersion(request, required=False)
-        record = self.uploads.find(upload_id, FACADE)
+        record = self.uploads.find(upload_id, FACADE, request.principal)
         if self.settings.patch_requires_token:
             self.tokens.check(record, self._tokenOf(request))
         return tuswire.answerHead(request, record)
@@ -346,7 +347,7 @@ class FacadeProtocol:
         tuswire.checkVersion(request, required=False)
         body = await request.bodySink.result()
         asked = parseFinalize(body, self._tokenOf(request))
-        record = self.uploads.find(asked.uploadId, FACADE)
+        record = self.uploads.find(asked.uploadId, FACADE, request.principal)
         self.tokens.check(record, asked.token)
         published = await self._published(record, asked.filename)
         return _jsonBody(request, 200, _answerOf(published))
@@ -364,7 +365,7 @@ class FacadeProtocol:
         except UploadGone:
             # Its data moved away since we read the record: another
             # finalize got there first, or one was cut short.
-            again = self.uploads.find(record.id, FACADE)
+            again = self.store.live(self.store.get(record.id))
             if again.published is None and again.publishing is None:
                 raise UploadLocked("the upload is being finalized") from None
             return await self.publisher.adopt(again)

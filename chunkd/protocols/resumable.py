@@ -48,6 +48,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from chunkd.auth import ANONYMOUS, Principal
 from chunkd.complete import sanitizeFilename
 from chunkd.config import Config
 from chunkd.errors import (
@@ -138,6 +139,7 @@ class ChunkRequest:
     filename: str
     relativePath: str
     type: str
+    principal: Principal = ANONYMOUS
 
     @property
     def offset(self) -> int:
@@ -145,17 +147,20 @@ class ChunkRequest:
 
     @property
     def uploadId(self) -> str:
-        return uploadIdFor(self.dialect, self.identifier)
+        return uploadIdFor(self.dialect, self.identifier, self.principal.subject)
 
 
-def uploadIdFor(dialect: Dialect, identifier: str) -> str:
+def uploadIdFor(dialect: Dialect, identifier: str, subject: Optional[str] = None) -> str:
     """
-    The storage id of a client's file: a hash of the dialect and the
-    identifier, 32 hex digits like every store id.  The same identifier
-    always finds the same upload; no client text ever becomes a path.
+    The storage id of a client's file: a hash of the dialect, the
+    identifier and the subject, 32 hex digits like every store id.  The
+    same identifier always finds the same upload -- of the same subject:
+    two users' identical identifiers (Resumable.js derives them from size
+    and name) are two uploads.  No client text ever becomes a path.
     """
+    scope = b"" if subject is None else b"\0subject\0" + subject.encode("utf-8", "surrogatepass")
     digest = hashlib.sha256(b"chunkd-chunk-upload\0" + dialect.name.encode() + b"\0"
-                            + identifier.encode("utf-8", "surrogatepass"))
+                            + identifier.encode("utf-8", "surrogatepass") + scope)
     return digest.hexdigest()[:32]
 
 
@@ -185,7 +190,8 @@ def _text(params: Mapping[str, str], name: str, required: bool, default: str = "
 
 
 def parseChunk(
-    dialect: Dialect, params: Mapping[str, str], maxSize: int, maxChunks: int
+    dialect: Dialect, params: Mapping[str, str], maxSize: int, maxChunks: int,
+    principal: Principal = ANONYMOUS,
 ) -> ChunkRequest:
     """
     Read and check a chunk's parameters: every number present and a plain
@@ -194,8 +200,10 @@ def parseChunk(
     its number implies, the file within the limits.
 
     @param maxSize: the largest file accepted (0: no limit).
+    @param principal: who sends it (their uploads are theirs alone).
     @raise BadRequest: naming the parameter, for anything wrong.  Too large
-        a file is a 400 too: Resumable.js retries a 413 (it is not among its
+        a file is a 400 too (over C{limits.max_size} or the token's
+        C{max_size}): Resumable.js retries a 413 (it is not among its
         permanent errors), and this chunk can never succeed.
     """
     p = dialect.param
@@ -228,7 +236,7 @@ def parseChunk(
             f"is {size} bytes"
         )
     return ChunkRequest(dialect, number, chunkSize, currentSize, totalSize, totalChunks,
-                        identifier, filename, relativePath, type)
+                        identifier, filename, relativePath, type, principal)
 
 
 def mergeParams(*sources: Iterable[Tuple[str, str]]) -> Dict[str, str]:
@@ -403,8 +411,12 @@ class ChunkProtocol:
     def _section(self) -> Any:
         return getattr(self.config, self.dialect.name)
 
-    def _parse(self, params: Mapping[str, str]) -> ChunkRequest:
-        return parseChunk(self.dialect, params, self.config.limits.max_size, self._section().max_chunks)
+    def _parse(self, request: Any, params: Mapping[str, str]) -> ChunkRequest:
+        principal = request.principal
+        chunk = parseChunk(self.dialect, params, self.uploads.maxSizeFor(principal),
+                           self._section().max_chunks, principal)
+        principal.checkUpload(chunk.uploadId)
+        return chunk
 
     # -- chunk uploads: decided when the headers end --------------------------------
 
@@ -422,10 +434,10 @@ class ChunkProtocol:
             boundary = boundaryOf(contentType)
 
             def openFile(fields: Dict[str, str]) -> BodySink:
-                return self._chunkSink(request, self._parse(mergeParams(query, fields.items())))
+                return self._chunkSink(request, self._parse(request, mergeParams(query, fields.items())))
 
             return MultipartSink(boundary, self._section().file_field, openFile)
-        chunk = self._parse(mergeParams(query))
+        chunk = self._parse(request, mergeParams(query))
         if request.bodyLength is not None and request.bodyLength != chunk.currentSize:
             raise BadRequest(
                 f"the body is {request.bodyLength} bytes but "
@@ -558,6 +570,7 @@ class ChunkProtocol:
                     "chunkMap": ChunkMap(chunk.totalChunks).encode(),
                 },
                 uploadId=chunk.uploadId,
+                principal=chunk.principal,
             )
         except FileExistsError:
             # Another process created the data file first (O_EXCL); its
@@ -597,7 +610,8 @@ class ChunkProtocol:
         """
         extra = record.extra
         p = self.dialect.param
-        if record.protocol != self.dialect.name or extra.get("identifier") != chunk.identifier:
+        if (record.protocol != self.dialect.name or extra.get("identifier") != chunk.identifier
+                or record.subject != chunk.principal.subject):
             raise BadRequest("this identifier belongs to another upload")
         for name, recorded, sent in (
             (p("TotalSize"), extra.get("totalSize"), chunk.totalSize),
@@ -666,7 +680,7 @@ class ChunkProtocol:
         GET: is this chunk stored in full?  200 if so, 204 if not -- never
         404, which flow.js takes as fatal for the whole file.
         """
-        chunk = self._parse(mergeParams(queryParams(request.uri)))
+        chunk = self._parse(request, mergeParams(queryParams(request.uri)))
         setHeader(request, "Cache-Control", "no-store")
         record = self._lookup(chunk.uploadId)
         if record is not None:

@@ -121,7 +121,7 @@ class TusProtocol:
         offset = requiredOffset(request)
         checksum = parseChecksum(header(request, "upload-checksum"))
         newLength = parseCount("Upload-Length", header(request, "upload-length"))
-        upload = self.uploads.open(upload_id, TUS)
+        upload = self.uploads.open(upload_id, TUS, request.principal)
         try:
             plan = self._plan(request, upload.record, offset, newLength, checksum)
         except BaseException:
@@ -139,13 +139,13 @@ class TusProtocol:
             raise Forbidden("a final concatenated upload cannot be patched")
         self.uploads.checkOffset(record, offset)
         length = record.length
-        maxSize = self.uploads.maxSize
+        maxSize = self.uploads.maxSizeFor(request.principal)
         if newLength is not None:
             if length is not None and newLength != length:
                 raise BadRequest("Upload-Length cannot change once set")
             if newLength < record.offset:
                 raise BadRequest("Upload-Length is below the current offset")
-            self.uploads.checkSize(newLength)
+            self.uploads.checkSize(newLength, principal=request.principal)
             length = newLength
         if length is not None:
             limit: Optional[int] = length - offset
@@ -206,14 +206,15 @@ class TusProtocol:
             raise BadRequest("Upload-Defer-Length must be 1")
         if (length is None) == (defer is None):
             raise BadRequest("send exactly one of Upload-Length and Upload-Defer-Length: 1")
-        self.uploads.checkSize(length)
+        self.uploads.checkSize(length, principal=request.principal)
         rawMetadata, metadata = readMetadata(request, self.config.limits.max_metadata_size)
         withUpload = mediaType(request) == OFFSET_STREAM and request.bodyLength != 0
         checksum = parseChecksum(header(request, "upload-checksum")) if withUpload else None
         extra: dict = {"tus_metadata": rawMetadata}
         if concat == "partial":
             extra["concat"] = "partial"
-        created = self.uploads.create(TUS, length, metadata=metadata, extra=extra)
+        created = self.uploads.create(TUS, length, metadata=metadata, extra=extra,
+                                      principal=request.principal)
         if not withUpload:
             return LateSink(created.addCallback(lambda r: RecordSink(Created(r, False))),
                             request.bodyProducer)
@@ -250,7 +251,7 @@ class TusProtocol:
             if prefix != self.mount or not isUploadId(uploadId):
                 raise BadRequest(f"{url!r} is not an upload of this server")
             try:
-                part = self.uploads.find(uploadId, TUS)
+                part = self.uploads.find(uploadId, TUS, request.principal)
             except UploadNotFound:
                 raise BadRequest(f"partial upload {url!r} does not exist") from None
             if part.extra.get("concat") != "partial":
@@ -259,10 +260,11 @@ class TusProtocol:
                 raise BadRequest(f"partial upload {url!r} has no length yet")
             total += part.length
             parts.append(uploadId)
-        self.uploads.checkSize(total, "the partial uploads together")
+        self.uploads.checkSize(total, "the partial uploads together", request.principal)
         rawMetadata, metadata = readMetadata(request, self.config.limits.max_metadata_size)
         extra = {"tus_metadata": rawMetadata, "concat": "final", "parts": parts}
-        created = self.uploads.create(TUS, total, metadata=metadata, extra=extra, expires=False)
+        created = self.uploads.create(TUS, total, metadata=metadata, extra=extra, expires=False,
+                                      principal=request.principal)
         created.addCallback(lambda record: self._assembleIfReady(record.id))
         return LateSink(created.addCallback(lambda r: RecordSink(Created(r, False))), request.bodyProducer)
 
@@ -330,7 +332,7 @@ class TusProtocol:
             setHeader(request, "Tus-Resumable", TUS_VERSION)
             return self._download(request, upload_id)
         checkVersion(request)
-        record = self.uploads.find(upload_id, TUS)
+        record = self.uploads.find(upload_id, TUS, request.principal)
         if record.extra.get("concat") == "final" and record.state == ACTIVE:
             return self._assembleIfReady(upload_id).addCallback(
                 lambda assembled: self._headAnswer(request, assembled))
@@ -354,7 +356,7 @@ class TusProtocol:
         """
         if not self.config.tus.download:
             raise MethodNotAllowed("downloads are disabled")
-        record = self.uploads.find(uploadId, TUS)
+        record = self.uploads.find(uploadId, TUS, request.principal)
         if record.state != COMPLETE:
             raise Conflict("the upload is not finished", headers={"Upload-Offset": str(record.offset)})
         resource = File(self.store.dataPath(uploadId))
@@ -371,7 +373,7 @@ class TusProtocol:
             request.setResponseCode(204)
             return b""
 
-        return self.uploads.terminate(upload_id, TUS).addCallback(terminated)
+        return self.uploads.terminate(upload_id, TUS, request.principal).addCallback(terminated)
 
 
 def _hashWritten(path: str, digest: Any, offset: int, length: int) -> bytes:
