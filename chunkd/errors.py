@@ -114,6 +114,10 @@ class InternalError(UploadError):
     status = 500
 
 
+class TooManyRequests(UploadError):
+    status = 429
+
+
 class ServiceUnavailable(UploadError):
     status = 503
 

@@ -44,7 +44,8 @@ from chunkd.errors import (
 from chunkd.once import OneShotResult
 from chunkd.publish import Publisher
 from chunkd.sinks import BodyOutcome, FileSink
-from chunkd.store import ACTIVE, COMPLETE, OpenUpload, UploadRecord, UploadStore
+from chunkd.quotas import ActiveUploads
+from chunkd.store import ACTIVE, COMPLETE, OpenUpload, UploadRecord, UploadStore, newUploadId
 
 Mutation = Callable[[UploadRecord], None]
 Verifier = Callable[[BodyOutcome], Union[None, "Deferred[None]", Awaitable[None]]]
@@ -119,6 +120,7 @@ class UploadService:
         self.disk = disk
         self.publisher = publisher
         self.hashes = publisher.hashes
+        self.activeUploads = ActiveUploads(store)
 
     def reconfigure(self, config: Config) -> None:
         """Limits, expiry and disk tuning apply to the next request."""
@@ -196,14 +198,34 @@ class UploadService:
             concatenation, made of finished parts, does not).
         @raise Forbidden: the principal's token is for one existing upload.
         @raise TooLarge: C{length} is over a limit.
+        @return: the new record, or a failure with L{TooManyRequests} when
+            the subject has C{limits.max_active_uploads} unfinished
+            uploads already (L{chunkd.quotas}).
         """
         # A token for one upload creates nothing else (a derived id, as
         # Resumable.js's, may be that very upload).
         principal.checkUpload(uploadId if uploadId == principal.upload else None)
         self.checkSize(length, principal=principal)
         expireAfter = self.config.janitor.expire_after if expires else None
-        return self.store.create(protocol, length, expireAfter, metadata=metadata, extra=extra,
-                                 uploadId=uploadId, subject=principal.subject)
+        subject, limit = principal.subject, self.config.limits.max_active_uploads
+        if subject is None or not limit:
+            return self.store.create(protocol, length, expireAfter, metadata=metadata, extra=extra,
+                                     uploadId=uploadId, subject=subject)
+        newId = uploadId or newUploadId()
+
+        def create() -> "Deferred[UploadRecord]":
+            return self.store.create(protocol, length, expireAfter, metadata=metadata, extra=extra,
+                                     uploadId=newId, subject=subject)
+
+        def unclaim(failure: Failure) -> "Deferred[Any]":
+            # Not created after all (a full disk, a hook's refusal): it
+            # must not count against the subject.
+            d = self.disk.run(self.activeUploads.release, subject, newId)
+            return d.addBoth(lambda _: failure)
+
+        claimed = self.disk.run(self.activeUploads.claim, subject, newId, limit)
+        claimed.addCallback(lambda _: create().addErrback(unclaim))
+        return claimed
 
     def terminate(self, uploadId: str, protocol: str, principal: Principal = ANONYMOUS) -> "Deferred[bool]":
         """

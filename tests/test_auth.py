@@ -435,3 +435,44 @@ class OptionalAuthTests(AuthServerTestCase):
         self.assertEqual((yield self.request("HEAD", f"/files/{hers}", None, TUS)).code, 404)
         # A token that is sent is checked even here.
         self.assertEqual((yield self.tusCreate("garbage")).code, 401)
+
+
+class ActiveUploadLimitTests(AuthServerTestCase):
+    """
+    C{limits.max_active_uploads}: per subject, 429 with Retry-After past
+    it; a finished upload frees its place; anonymous uploads (no subject)
+    are not counted.
+    """
+
+    overrides = dict(AuthServerTestCase.overrides, **{"limits.max_active_uploads": 2})
+
+    @defer.inlineCallbacks
+    def test_limitPerSubject(self) -> None:
+        alice, bob = mint({"sub": "alice"}), mint({"sub": "bob"})
+        first = self.idOf((yield self.tusCreate(alice, 5)))
+        self.idOf((yield self.tusCreate(alice, 5)))
+        refused = yield self.tusCreate(alice, 5)
+        self.assertEqual(refused.code, 429, refused.body_)
+        self.assertEqual(h(refused, "retry-after"), "30")
+        self.assertIn(b"unfinished uploads", refused.body_)
+        # Resumable.js counts too: a new file is a new upload.
+        data = b"0123456789"
+        query = urlencode({"resumableChunkNumber": 1, "resumableChunkSize": 10, "resumableCurrentChunkSize": 10,
+                           "resumableTotalSize": 10, "resumableTotalChunks": 1,
+                           "resumableIdentifier": "10-x", "resumableFilename": "x"})
+        chunk = yield self.request("POST", f"/resumable?{query}", alice, data=data)
+        self.assertEqual(chunk.code, 429, chunk.body_)
+        self.assertEqual((yield self.tusCreate(bob, 5)).code, 201)
+        finished = yield self.request("PATCH", f"/files/{first}", alice,
+                                      dict(TUS, **{"Upload-Offset": "0", "Content-Type": OCTETS}), b"hello")
+        self.assertEqual(finished.code, 204)
+        self.assertEqual((yield self.tusCreate(alice, 5)).code, 201)
+
+
+class AnonymousNotCountedTests(AuthServerTestCase):
+    overrides = {"limits.max_active_uploads": 1}
+
+    @defer.inlineCallbacks
+    def test_anonymousUploadsHaveNoSubjectToCount(self) -> None:
+        for _ in range(3):
+            self.idOf((yield self.tusCreate(None)))
