@@ -323,3 +323,53 @@ class FlowJsTests(ChunkedClientMixin, BrowserTestCase):
     lib = "flow"
     path = "/flow"
     prefix = "flow"
+
+
+class BearerTokenMixin:
+    """
+    The library sends a bearer token with its C{headers} option to a chunkd
+    that requires one (the preflight for the Authorization header needs
+    none): the file is published for the token's subject.  Runs the
+    scenario helpers of L{ChunkedClientMixin} without its scenarios.
+    """
+
+    token = "browser-token-0123456789abcdef"
+    chunkdConfig = {"auth": {"required": True, "tokens": {token: "browser-user"}}}
+    lib = path = prefix = ""
+    libraries = ChunkedClientMixin.libraries
+    packages = ChunkedClientMixin.packages
+    options = ChunkedClientMixin.options
+    upload = ChunkedClientMixin.upload
+    params = ChunkedClientMixin.params
+    p = ChunkedClientMixin.p
+    requestsFor = ChunkedClientMixin.requestsFor
+    published = ChunkedClientMixin.published
+    checkFiles = ChunkedClientMixin.checkFiles
+
+    @defer.inlineCallbacks
+    def test_uploadWithToken(self) -> Any:
+        files = [{"name": "report.bin", "size": 3 * C + 77}]
+        result = yield self.upload(files, options=self.options(
+            headers={"Authorization": f"Bearer {self.token}"}))
+        checked = self.checkFiles(result)
+        self.assertEqual(checked["report.bin"]["sidecar"]["subject"], "browser-user")  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_withoutTokenNothingIsStored(self) -> Any:
+        files = [{"name": "report.bin", "size": C + 1}]
+        result = yield self.upload(files)
+        self.assertNotEqual(result["rounds"][0]["error"], {})  # type: ignore[attr-defined]
+        self.assertEqual({r["status"] for r in result["requests"]}, {401})  # type: ignore[attr-defined]
+        self.assertEqual(self.chunkd.completedFiles(), [])  # type: ignore[attr-defined]
+
+
+class ResumableJsTokenTests(BearerTokenMixin, BrowserTestCase):
+    lib = "resumable"
+    path = "/resumable"
+    prefix = "resumable"
+
+
+class FlowJsTokenTests(BearerTokenMixin, BrowserTestCase):
+    lib = "flow"
+    path = "/flow"
+    prefix = "flow"

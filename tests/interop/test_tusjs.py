@@ -221,3 +221,37 @@ class TusJsClientTests(InteropTestCase):
         uploadId = idOf(report["url"])
         self.assertFalse(os.path.exists(self.chunkd.uploadData(uploadId)))
         self.assertIn(head(report["url"]), (404, 410))
+
+
+class TusJsClientWithTokenTests(InteropTestCase):
+    """
+    tus-js-client sending a bearer token with its C{headers} option, to a
+    chunkd that requires one: the upload belongs to the token's subject.
+    """
+
+    chunkdConfig = {"auth": {"required": True, "tokens": {"tus-js-client-token-0123456789": "node-user"}}}
+
+    def setUp(self) -> Any:
+        requireNode(["tus-js-client"])
+        return super().setUp()
+
+    @defer.inlineCallbacks
+    def test_uploadWithToken(self) -> Any:
+        size = 2 * MiB + 99
+        path, data = self.sourceFile(size)
+        report = yield self.runNode("tus_node.mjs", dict(
+            scenario="plain", file=path, endpoint=self.chunkd.url("/files/"), chunkSize=MiB,
+            headers={"Authorization": "Bearer tus-js-client-token-0123456789"}))
+        self.assertTrue(report["success"], json.dumps(report)[:3000])
+        uploadId = idOf(report["url"])
+        self.assertEqual(sha256File(self.chunkd.uploadData(uploadId)), sha256(data))
+        self.assertEqual(self.chunkd.uploadRecord(uploadId)["subject"], "node-user")
+
+    @defer.inlineCallbacks
+    def test_withoutTokenTheClientFails(self) -> Any:
+        path, _ = self.sourceFile(1000)
+        report = yield self.runNode("tus_node.mjs", dict(
+            scenario="plain", file=path, endpoint=self.chunkd.url("/files/")))
+        self.assertFalse(report["success"])
+        self.assertEqual([r["status"] for r in report["requests"]], [401])
+        self.assertEqual(os.listdir(os.path.join(self.chunkd.storage, "uploads")), [])

@@ -54,6 +54,7 @@ function baseOptions(extra) {
   return {
     endpoint: args.endpoint,
     metadata: { filename: args.filename || 'source.bin', filetype: 'application/octet-stream' },
+    headers: args.headers || {},
     retryDelays: [100, 300, 1000],
     onBeforeRequest: (req) => { sent(req); },
     onAfterResponse: (req, res) => { answered(req, res); },
