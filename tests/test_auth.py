@@ -350,6 +350,33 @@ class TusAuthTests(AuthServerTestCase):
             self.assertEqual(json.load(f)["subject"], "alice")
 
 
+class HostileSubjectTests(AuthServerTestCase):
+    """
+    A subject is text from a token: it is stored and compared, never made
+    into a path, so any text works and stays apart from any other.
+    """
+
+    overrides = dict(AuthServerTestCase.overrides, **{"limits.max_active_uploads": 5})
+
+    @defer.inlineCallbacks
+    def test_hostileSubjects(self) -> None:
+        hostile = ["../../etc/passwd", "/abs\\path", "nul\x00inside", "rtl\u202eexe.txt",
+                   "\x1b[31mred", "x" * 10000, "\udcff"]
+        ids = {}
+        for subject in hostile:
+            token = mint({"sub": subject})
+            ids[subject] = self.idOf((yield self.tusCreate(token, 5)))
+            self.assertEqual(self.store.get(ids[subject]).subject, subject)
+        for subject, uploadId in ids.items():
+            for other in hostile:
+                code = (yield self.request("HEAD", f"/files/{uploadId}", mint({"sub": other}), TUS)).code
+                self.assertEqual(code, 200 if other == subject else 404, (subject[:20], other[:20]))
+        # Nothing but the store's own layout, with hashed subject directories.
+        self.assertEqual(sorted(os.listdir(self.storage)), ["subjects", "uploads"])
+        for entry in os.listdir(os.path.join(self.storage, "subjects")):
+            self.assertRegex(entry, "^[0-9a-f]{32}$")
+
+
 class TwoSubjectsOneIdentifierTests(AuthServerTestCase):
     """
     Resumable.js and flow.js derive identifiers from the file's size and
