@@ -15,10 +15,11 @@ from werkzeug.exceptions import HTTPException
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from chunkd.config import Config
-from chunkd.errors import UploadError, diskError, internalError
+from chunkd.errors import BadRequest, UploadError, diskError, internalError
 from chunkd.routes import RouteTable, UploadProtocol
 from chunkd.streaming import StreamingRequest
 
@@ -133,6 +134,40 @@ def renderError(request: Any, error: UploadError) -> bytes:
     return error.reason.encode("utf-8") + b"\n"
 
 
+class _Refusal(Resource):
+    """
+    Answers a request the routes must never see (see
+    L{ChunkdSite.getResourceFor}) with its error.
+    """
+
+    isLeaf = True
+
+    def __init__(self, error: UploadError) -> None:
+        super().__init__()
+        self.error = error
+
+    def render(self, request: Any) -> bytes:
+        return renderError(request, self.error)
+
+
+def _undecodable(request: Any) -> Optional[UploadError]:
+    """
+    Why Klein could not route C{request}: a path (after percent-decoding)
+    or a host name that is not UTF-8.  Klein would answer 400 too, but log
+    a traceback for it: one per request, which lets any client flood the
+    log.
+    """
+    try:
+        b"/".join(request.postpath).decode("utf-8")
+    except UnicodeDecodeError:
+        return BadRequest("the URL path is not valid UTF-8")
+    try:
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return BadRequest("the Host header is not valid UTF-8")
+    return None
+
+
 class ChunkdSite(Site):
     """
     The Site: streams bodies where C{routes} say, adds CORS headers
@@ -170,6 +205,9 @@ class ChunkdSite(Site):
 
     def getResourceFor(self, request: Any) -> Any:
         self.cors.decorate(request)
+        refusal = _undecodable(request)
+        if refusal is not None:
+            return _Refusal(refusal)
         return super().getResourceFor(request)
 
     def log(self, request: Any) -> None:
