@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from chunkd.auth import Authenticator
 from chunkd.config import Config
 from chunkd.disk import DiskService
+from chunkd.guard import Guard
 from chunkd.metrics import Metrics, MetricsEndpoint
 from chunkd.protocols.facade import FacadeProtocol
 from chunkd.protocols.resumable import chunkProtocols
@@ -60,6 +61,9 @@ class Chunkd:
         self.installed = installed
         self.site = ChunkdSite(self.routes, Cors(config, self.exposed), config.network.idle_timeout,
                                self.metrics)
+        # Every connection is a GuardedChannel: limits, slow clients.
+        self.guard = Guard(config.network, disk.reactor)
+        self.site.protocol = self.guard.channel  # type: ignore[assignment]
         self._applyTuning(config)
         store.events.subscribe(logUploadEvent)
 
@@ -71,8 +75,8 @@ class Chunkd:
     def reconfigure(self, config: Config) -> None:
         """
         Take a reloaded config: the upload layer and the protocols read it
-        per request, CORS and the idle timeout apply to new requests and
-        connections.
+        per request, CORS, the idle timeout and the guard's limits apply to
+        new requests and connections.
         """
         self.config = config
         self.uploads.reconfigure(config)
@@ -81,6 +85,7 @@ class Chunkd:
         self.site.cors = Cors(config, self.exposed)
         self.routes.authenticator = Authenticator(config)
         self.site.timeOut = config.network.idle_timeout or None
+        self.guard.reconfigure(config.network)
         self._applyTuning(config)
 
 

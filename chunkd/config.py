@@ -128,10 +128,30 @@ class LimitsConfig:
 class NetworkConfig:
     idle_timeout: float = _duration(60.0, "close a connection idle this long")
     trust_proxy: bool = _plain(
-        False, "build URLs from Forwarded / X-Forwarded-* headers (behind a proxy)"
+        False,
+        "build URLs, and count clients, from Forwarded / X-Forwarded-* headers (behind a proxy)",
     )
     shutdown_grace: float = _duration(
         10.0, "on stop, how long in-flight request bodies may take to finish"
+    )
+    max_header_size: int = _size(
+        16 * 1024, "longest request line plus headers: 414 / 431 beyond"
+    )
+    header_timeout: float = _duration(
+        10.0, "a request head must be complete this long after its first byte (408); 0 = no limit"
+    )
+    min_rate: int = _size(
+        1024, "bytes per second a request body must average over min_rate_window; 0 = no floor"
+    )
+    min_rate_window: float = _duration(
+        30.0, "the window min_rate is measured over (time chunkd paused the body not counted)"
+    )
+    send_timeout: float = _duration(
+        60.0, "cut a connection whose client has taken none of its response this long; 0 = never"
+    )
+    max_connections: int = _plain(1024, "open connections at most; more are closed at accept; 0 = no limit")
+    max_connections_per_client: int = _plain(
+        128, "open connections per client address (requests in progress under trust_proxy); 0 = no limit"
     )
 
 
@@ -421,6 +441,10 @@ def _checkSemantics(config: Config) -> Config:
         if unknown:
             raise ConfigError(f"hooks.endpoints[{i}].events", f"unknown event {sorted(unknown)[0]!r}")
     _checkAuth(config)
+    if config.network.max_header_size < 1024:
+        raise ConfigError("network.max_header_size", "must be at least 1KiB")
+    if config.network.min_rate and config.network.min_rate_window <= 0:
+        raise ConfigError("network.min_rate_window", "must be more than 0 when network.min_rate is set")
     if config.janitor.interval <= 0:
         raise ConfigError("janitor.interval", "must be more than 0")
     mounts = {}

@@ -76,12 +76,24 @@ class UploadGone(UploadError):
     status = 410
 
 
+class RequestTimeout(UploadError):
+    """
+    The request's head, or its body, came too slowly (L{chunkd.guard}).
+    """
+
+    status = 408
+
+
 class PreconditionFailed(UploadError):
     status = 412
 
 
 class TooLarge(UploadError):
     status = 413
+
+
+class URITooLong(UploadError):
+    status = 414
 
 
 class UnsupportedMediaType(UploadError):
@@ -94,6 +106,10 @@ class UploadLocked(UploadError):
     """
 
     status = 423
+
+
+class HeadersTooLarge(UploadError):
+    status = 431
 
 
 class ChecksumMismatch(UploadError):

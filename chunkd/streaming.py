@@ -173,8 +173,13 @@ class StreamingRequest(server.Request):
     def bodyProducer(self) -> Optional[IPushProducer]:
         """
         The transport, as the push producer the disk writer pauses while
-        the disk lags (TCP, TLS and UNIX transports all are).
+        the disk lags (TCP, TLS and UNIX transports all are) -- through the
+        channel's own producer when it has one, so the channel knows the
+        pauses are chunkd's and not the client's (L{chunkd.guard}).
         """
+        producer = getattr(self.channel, "bodyProducer", None)
+        if producer is not None:
+            return cast(IPushProducer, producer)
         return cast(Optional[IPushProducer], self.transport)
 
     def effectiveMethod(self) -> bytes:

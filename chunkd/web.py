@@ -15,11 +15,13 @@ from werkzeug.exceptions import HTTPException
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from chunkd.auth import Authenticator
 from chunkd.config import Config
-from chunkd.errors import UploadError, diskError, internalError
+from chunkd.errors import BadRequest, UploadError, diskError, internalError
 from chunkd.routes import RouteTable, UploadProtocol
 from chunkd.streaming import StreamingRequest
 
@@ -79,6 +81,39 @@ def baseURL(request: Any, trustProxy: bool) -> str:
     return f"{scheme}://{host}{prefix}"
 
 
+_FORWARDED_FOR = re.compile(r'(?i)(?:^|;)\s*for\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)')
+
+
+def clientAddress(request: Any, trustProxy: bool) -> str:
+    """
+    The client's address: the peer's, or -- behind a trusted reverse proxy
+    -- the one that proxy forwarded.  The I{last} entry of C{Forwarded} /
+    C{X-Forwarded-For} is taken: the proxy appends the address it saw
+    (nginx's C{$proxy_add_x_forwarded_for}), while everything before it
+    came from the client and may be forged.
+    """
+    if trustProxy:
+        forwarded = header(request, "forwarded")
+        if forwarded:
+            match = _FORWARDED_FOR.search(forwarded.split(",")[-1])
+            if match and match.group(1):
+                return _bareAddress(match.group(1).strip('"'))
+        xff = header(request, "x-forwarded-for")
+        if xff and xff.split(",")[-1].strip():
+            return _bareAddress(xff.split(",")[-1].strip())
+    peer = request.getClientAddress()
+    return getattr(peer, "host", None) or "local"
+
+
+def _bareAddress(value: str) -> str:
+    # "[2001:db8::1]:4711" -> "2001:db8::1", "192.0.2.1:4711" -> "192.0.2.1"
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    if value.count(":") == 1:
+        return value.split(":", 1)[0]
+    return value
+
+
 class Cors:
     """
     Cross-origin access for browser clients: allowed origins come from the
@@ -134,6 +169,65 @@ def renderError(request: Any, error: UploadError) -> bytes:
     return error.reason.encode("utf-8") + b"\n"
 
 
+#: reason phrases Twisted's table lacks
+_PHRASES = {431: b"Request Header Fields Too Large"}
+
+
+def renderRawError(error: UploadError) -> bytes:
+    """
+    L{renderError} for an answer given before any request object exists
+    (a request head over the limits, a connection refused under load, see
+    L{chunkd.guard}): the whole response as bytes, in the same format,
+    closing the connection.
+    """
+    body = error.reason.encode("utf-8") + b"\n"
+    phrase = _PHRASES.get(error.status) or RESPONSES.get(error.status, b"Error")
+    lines = [b"HTTP/1.1 %d %s" % (error.status, phrase)]
+    for name, value in error.headers.items():
+        lines.append(name.encode("latin-1") + b": " + str(value).encode("latin-1"))
+    lines += [
+        b"Content-Type: text/plain; charset=utf-8",
+        b"Cache-Control: no-store",
+        b"Connection: close",
+        b"Content-Length: %d" % len(body),
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class _Refusal(Resource):
+    """
+    Answers a request the routes must never see (see
+    L{ChunkdSite.getResourceFor}) with its error.
+    """
+
+    isLeaf = True
+
+    def __init__(self, error: UploadError) -> None:
+        super().__init__()
+        self.error = error
+
+    def render(self, request: Any) -> bytes:
+        return renderError(request, self.error)
+
+
+def _undecodable(request: Any) -> Optional[UploadError]:
+    """
+    Why Klein could not route C{request}: a path (after percent-decoding)
+    or a host name that is not UTF-8.  Klein would answer 400 too, but log
+    a traceback for it: one per request, which lets any client flood the
+    log.
+    """
+    try:
+        b"/".join(request.postpath).decode("utf-8")
+    except UnicodeDecodeError:
+        return BadRequest("the URL path is not valid UTF-8")
+    try:
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return BadRequest("the Host header is not valid UTF-8")
+    return None
+
+
 class ChunkdSite(Site):
     """
     The Site: streams bodies where C{routes} say, adds CORS headers
@@ -171,6 +265,9 @@ class ChunkdSite(Site):
 
     def getResourceFor(self, request: Any) -> Any:
         self.cors.decorate(request)
+        refusal = _undecodable(request)
+        if refusal is not None:
+            return _Refusal(refusal)
         return super().getResourceFor(request)
 
     def log(self, request: Any) -> None:
@@ -219,13 +316,18 @@ class ChunkdSite(Site):
         deadline = reactor.seconds() + grace
         done: Deferred[None] = Deferred()
 
-        def busy() -> List[Any]:
+        def open() -> List[Any]:
+            # A channel keeps a request whose connection was lost (cut
+            # mid-body, refused mid-head) in its list: it is not busy.
             return [c for c in list(self.channels)
-                    if c.transport is not None and getattr(c, "requests", None)]
+                    if c.transport is not None and getattr(c, "connected", True)]
+
+        def busy() -> List[Any]:
+            return [c for c in open() if getattr(c, "requests", None)]
 
         def check() -> None:
-            for channel in list(self.channels):
-                if channel.transport is not None and not getattr(channel, "requests", None):
+            for channel in open():
+                if not getattr(channel, "requests", None):
                     channel.transport.loseConnection()
             remaining = busy()
             if not remaining:

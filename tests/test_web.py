@@ -1,18 +1,22 @@
 """
 chunkd.web: the one place errors become answers, CORS, and the base URL
-clients see -- on Twisted's DummyRequest, no socket.
+clients see -- on Twisted's DummyRequest, no socket; and what a real server
+answers (and logs) for a URL Klein cannot route.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
+from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
 from chunkd.config import loadConfig
 from chunkd.errors import OffsetMismatch, diskError, internalError
 from chunkd.web import Cors, baseURL, renderError
+from tests.helpers import ServerTestCase, parseResponse, rawRequest
 
 
 class Request(DummyRequest):
@@ -111,3 +115,33 @@ class BaseURLTests(unittest.TestCase):
         url = baseURL(r, True)
         self.assertNotIn("evil", url)
         self.assertTrue(url.startswith("http://"))
+
+
+class UndecodableRequestTests(ServerTestCase):
+    """
+    A URL that is not UTF-8 is the client's error: a 400 with its reason
+    and one log line, never a traceback in the log (Klein logged one per
+    request, which let any client flood the journal).
+    """
+
+    @defer.inlineCallbacks
+    def test_nonUTF8URLsAre400AndLogNoTraceback(self) -> Any:
+        events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        cases = [
+            (b"GET /files/%ff HTTP/1.1\r\nHost: x", b"the URL path is not valid UTF-8\n"),
+            (b"PATCH /files/%C3%28/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0", b"the URL path is not valid UTF-8\n"),
+            (b"GET /health HTTP/1.1\r\nHost: \xff\xfe", b"the Host header is not valid UTF-8\n"),
+            (b"GET /files/\xff HTTP/1.1\r\nHost: x", b"malformed request line\n"),
+        ]
+        for head, reason in cases:
+            raw = yield rawRequest(self.port.getHost().port, head + b"\r\nConnection: close\r\n\r\n")
+            status, _, body = parseResponse(raw)
+            self.assertEqual((status, body), (400, reason), head)
+        self.assertEqual([e for e in events if "log_failure" in e], [])
+        text = "\n".join(formatEvent(e) or "" for e in events)
+        self.assertNotIn("Traceback", text)
+        # One line per request at most (the client's own factories log too).
+        server = [e for e in events if not str(e.get("log_namespace")).startswith("twisted.internet")]
+        self.assertLessEqual(len(server), len(cases), text)

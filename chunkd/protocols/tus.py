@@ -195,6 +195,10 @@ class TusProtocol:
         body into it as its first PATCH.
         """
         checkVersion(request)
+        if request.bodyLength != 0 and mediaType(request) != OFFSET_STREAM:
+            # A body is the upload's first bytes (creation-with-upload) and
+            # must say so; anything else would be silently dropped.
+            raise UnsupportedMediaType(f"a creation body must be {OFFSET_STREAM}")
         concat = header(request, "upload-concat")
         if concat is not None and concat.startswith("final"):
             return self._finalSink(request, concat)
@@ -208,7 +212,7 @@ class TusProtocol:
             raise BadRequest("send exactly one of Upload-Length and Upload-Defer-Length: 1")
         self.uploads.checkSize(length, principal=request.principal)
         rawMetadata, metadata = readMetadata(request, self.config.limits.max_metadata_size)
-        withUpload = mediaType(request) == OFFSET_STREAM and request.bodyLength != 0
+        withUpload = request.bodyLength != 0
         checksum = parseChecksum(header(request, "upload-checksum")) if withUpload else None
         extra: dict = {"tus_metadata": rawMetadata}
         if concat == "partial":

@@ -189,6 +189,23 @@ class CreationTests(TusTestCase):
         self.assertEqual(h(r, "upload-offset"), str(len(data)))
 
     @defer.inlineCallbacks
+    def test_creationWithUploadOfAnotherContentTypeIs415(self) -> Any:
+        """
+        The tus conformance suite's rule: a creation body that is not
+        application/offset+octet-stream is refused, and nothing is created
+        (it used to be created with its body silently dropped).
+        """
+        for contentType in ("application/octet-stream", "text/plain", None):
+            headers = {"Content-Type": contentType} if contentType else {}
+            r = yield self.create(3, headers, data=b"abc")
+            self.assertEqual(r.code, 415, contentType)
+        self.assertEqual(os.listdir(os.path.join(self.storage, "uploads")) if os.path.isdir(
+            os.path.join(self.storage, "uploads")) else [], [])
+        # Without a body, any Content-Type still creates.
+        r = yield self.create(3, {"Content-Type": "application/json"})
+        self.assertEqual(r.code, 201)
+
+    @defer.inlineCallbacks
     def test_creationWithUploadTooLongIs413(self) -> Any:
         r = yield self.create(3, {"Content-Type": OCTETS}, data=b"abcdef")
         self.assertEqual(r.code, 413)
