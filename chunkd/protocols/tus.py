@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.static import File
 
 from chunkd.config import Config
@@ -30,6 +31,7 @@ from chunkd.errors import (
     MethodNotAllowed,
     TooLarge,
     UnsupportedMediaType,
+    UploadError,
     UploadLocked,
     UploadNotFound,
 )
@@ -210,6 +212,10 @@ class TusProtocol:
         rawMetadata, metadata = readMetadata(request, self.config.limits.max_metadata_size)
         withUpload = mediaType(request) == OFFSET_STREAM and request.bodyLength != 0
         checksum = parseChecksum(header(request, "upload-checksum")) if withUpload else None
+        bodyLength = request.bodyLength
+        if withUpload and length is not None and bodyLength is not None and bodyLength > length:
+            # Refused before anything is created: a refused request leaves no upload behind.
+            raise TooLarge(f"the body runs {bodyLength - length} bytes past the upload's length")
         extra: dict = {"tus_metadata": rawMetadata}
         if concat == "partial":
             extra["concat"] = "partial"
@@ -226,7 +232,18 @@ class TusProtocol:
                 upload.close()
                 raise
             sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
-            return MappedSink(sink, lambda written: Created(written, True))
+
+            def discardRefused(failure: Failure) -> Any:
+                # The body was refused (a checksum mismatch, a chunked body
+                # past the length): the request fails, so the upload it
+                # created goes too -- its id was never told to anyone.
+                if not failure.check(UploadError):
+                    return failure
+                d = self.uploads.disk.run(self.store.discard, record.id)
+                d.addErrback(lambda f: self.log.failure("discarding a refused creation", f))
+                return d.addCallback(lambda _: failure)
+
+            return MappedSink(sink, lambda written: Created(written, True), failed=discardRefused)
 
         return LateSink(created.addCallback(startWriting), request.bodyProducer)
 
