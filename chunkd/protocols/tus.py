@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.static import File
 
+from chunkd.complete import sanitizeFilename
 from chunkd.config import Config
 from chunkd.errors import (
     BadRequest,
@@ -419,7 +420,8 @@ def _copyParts(sources: List[str], upload: OpenUpload) -> None:
                 remaining -= n
 
 
-_TOKEN_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+\Z")
+# RFC 6838: each name starts with a letter or digit (so "../.." is no type).
+_TOKEN_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]{0,126}\Z")
 
 
 def safeContentType(value: Optional[str]) -> str:
@@ -431,9 +433,10 @@ def safeContentType(value: Optional[str]) -> str:
 
 def attachment(filename: Optional[str]) -> str:
     """A Content-Disposition that names the file but never renders it."""
-    if not filename:
+    # The completed area's rule: one component, no control characters, no
+    # leading dots (so never "." or ".."), at most 200 bytes.
+    name = sanitizeFilename(filename, "")
+    if not name:
         return "attachment"
-    name = os.path.basename(filename.replace("\\", "/")).replace('"', "")
-    name = "".join(c for c in name if c.isprintable())
     ascii = name.encode("ascii", "replace").decode("ascii") or "download"
     return f"attachment; filename=\"{ascii}\"; filename*=UTF-8''{quote(name)}"

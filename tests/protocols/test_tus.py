@@ -510,6 +510,20 @@ class DownloadTests(TusTestCase):
         self.assertEqual(h(r, "content-type"), "application/octet-stream")
         self.assertEqual(h(r, "content-disposition"), "attachment")
 
+    @defer.inlineCallbacks
+    def test_dotNamesAndTypesAreNotPassedOn(self) -> Any:
+        # ".." is no file name, "../.." no media type: neither reaches the headers.
+        for name, filetype in (("..", "../.."), ("../..", "./x"), (".hidden", "-/-")):
+            meta = f"filename {b64(name)},filetype {b64(filetype)}"
+            uploadId = yield self.createId(1, {"Upload-Metadata": meta})
+            yield self.patch(uploadId, 0, b"x")
+            r = yield self.client.get(self.url(f"/files/{uploadId}"))
+            yield r.content()
+            self.assertEqual(h(r, "content-type"), "application/octet-stream", filetype)
+            disposition = h(r, "content-disposition")
+            self.assertIn(disposition, ("attachment", "attachment; filename=\"hidden\"; filename*=UTF-8''hidden"),
+                          name)
+
 
 class CorsTests(TusTestCase):
     overrides = {"cors.allowed_origins": ["https://app.example.com"]}
