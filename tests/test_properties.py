@@ -644,7 +644,7 @@ class ChunkProperties(PropertyCase):
         before = self.begin(payload)
         answer = self.send(payload, method, shut)
         uploadId = hashlib.sha256(b"chunkd-chunk-upload\0" + prefix.encode() + b"\0"
-                                  + identifier.encode()).hexdigest()[:32]
+                                  + params.get(prefix + "Identifier", identifier).encode()).hexdigest()[:32]
 
         def stored_(before: Dict[str, Any], after: Dict[str, Any]) -> None:
             if answer is None:
