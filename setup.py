@@ -22,7 +22,9 @@ setup(
         "PyJWT[crypto]>=2.10",
     ],
     extras_require={
-        # mypy-zope types the zope.interface seams (IService, IPushProducer).
-        "test": ["tuspy>=1.0", "mypy>=1.10", "mypy-zope>=1.0", "types-PyYAML"],
+        # mypy-zope types the zope.interface seams (IService, IPushProducer);
+        # hypothesis, a well-kept property-testing library, generates the
+        # hostile requests of tests/test_properties.py.
+        "test": ["tuspy>=1.0", "mypy>=1.10", "mypy-zope>=1.0", "types-PyYAML", "hypothesis>=6.100"],
     },
 )

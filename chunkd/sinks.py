@@ -188,9 +188,12 @@ class MappedSink:
     recorded, such as completing the upload it finished.
     """
 
-    def __init__(self, sink: BodySink, f: Callable[[Any], Any]) -> None:
+    def __init__(self, sink: BodySink, f: Callable[[Any], Any],
+                 failed: Optional[Callable[[Failure], Any]] = None) -> None:
         self.sink = sink
         self.f = f
+        #: what to do (then pass on) when the body is refused
+        self.failed = failed
 
     def dataReceived(self, data: bytes) -> None:
         self.sink.dataReceived(data)
@@ -202,4 +205,7 @@ class MappedSink:
         self.sink.bodyFailed(reason)
 
     def result(self) -> Deferred[Any]:
-        return self.sink.result().addCallback(self.f)
+        d = self.sink.result().addCallback(self.f)
+        if self.failed is not None:
+            d.addErrback(self.failed)
+        return d

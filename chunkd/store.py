@@ -558,6 +558,20 @@ class UploadStore:
         self._emit(POST_EXPIRE if state == EXPIRED else POST_TERMINATE, record)
         return True
 
+    def discard(self, uploadId: str) -> None:
+        """
+        Remove every trace of an upload that its creating request refused
+        (tus creation-with-upload whose body failed): no client was ever
+        told its id, so no tombstone is owed.  Blocking: run it in the
+        disk pool.
+        """
+        self._checkId(uploadId)
+        for path in (self.recordPath(uploadId), self.dataPath(uploadId), self.recordPath(uploadId) + ".lock"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
     def reconcile(self, stopping: Callable[[], bool] = lambda: False) -> Dict[str, int]:
         """
         Check every record against its data file: an active record whose

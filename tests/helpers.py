@@ -416,10 +416,12 @@ class Daemon:
     """
 
     def __init__(self, config: Dict, env: Optional[Dict[str, str]] = None,
-                 alsoListen: Sequence[str] = ()) -> None:
+                 alsoListen: Sequence[str] = (), ownCwd: bool = False) -> None:
         """
         @param alsoListen: more endpoints to listen on, after the port
             this waits for.
+        @param ownCwd: run in its own directory, so that a test can see any
+            file a relative path would have put beside the storage.
         """
         self.dir = tempfile.mkdtemp(prefix="chunkd-ops-")
         self.port = freePort()
@@ -431,7 +433,8 @@ class Daemon:
         self.log = open(self.logPath, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "twisted", "--log-format=text", "chunkd", "--config", self.configPath],
-            env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})), stdout=self.log, stderr=subprocess.STDOUT)
+            env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})), stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=self.dir if ownCwd else None)
         if not waitForPort(self.port, self.process):
             raise AssertionError("chunkd did not start:\n" + self.logText())
 
@@ -714,3 +717,201 @@ class PartitionedGlusterVolume(GlusterVolume):
         # `ip netns add` bind-mounts /run/netns onto itself.
         if os.path.isdir("/run/netns") and not os.listdir("/run/netns"):
             subprocess.run(["umount", "/run/netns"], capture_output=True)
+
+
+# -- property tests: a synchronous client on the wire, and what a request changed ------
+
+#: every byte sequence a hostile name may carry lands nowhere but in the
+#: storage directory: names built by the property tests contain this, so a
+#: file made from one is found wherever it went.
+MARKER = "chunkdHostileMarker"
+
+
+class Answer:
+    """
+    One HTTP response read off a raw socket: status, headers (lower-cased
+    names, every value) and body.
+    """
+
+    def __init__(self, status: int, headers: List[Tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headerList = headers
+        self.body = body
+
+    def header(self, name: str) -> Optional[str]:
+        for key, value in self.headerList:
+            if key == name.lower():
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Answer {self.status} {self.headerList!r} {self.body[:300]!r}>"
+
+
+def wireRequest(method: str, target: "str | bytes", headers: "List[Tuple[str, str | bytes]]",
+                body: bytes = b"", contentLength: "Optional[int | str]" = -1, chunked: bool = False) -> bytes:
+    """
+    The bytes of one request, exactly as given: C{headers} in order (names
+    and values may repeat, values may hold any byte but CR and LF),
+    C{Content-Length} the body's (C{-1}), another value, or none
+    (C{None}); C{chunked} sends the body as one chunk and a last chunk.
+    """
+    line = target.encode("latin-1") if isinstance(target, str) else target
+    out = [method.encode("latin-1") + b" " + line + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"]
+    for name, value in headers:
+        raw = value.encode("utf-8") if isinstance(value, str) else value
+        out.append(name.encode("latin-1") + b": " + raw + b"\r\n")
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n\r\n")
+        if body:
+            out.append(b"%x\r\n%s\r\n" % (len(body), body))
+        out.append(b"0\r\n\r\n")
+        return b"".join(out)
+    if contentLength == -1:
+        contentLength = len(body)
+    if contentLength is not None:
+        out.append(b"Content-Length: " + str(contentLength).encode("latin-1") + b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out) + body
+
+
+def exchange(port: int, payload: bytes, method: str = "GET", shutWrite: bool = False,
+             timeout: float = 30) -> Optional[Answer]:
+    """
+    Send C{payload} on a new connection and read the first response
+    (C{None} if the server closed without one).  C{shutWrite} half-closes
+    after sending: a body shorter than its C{Content-Length} ends there.
+    """
+    import http.client
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before taking it all
+        if shutWrite:
+            try:
+                s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        response = http.client.HTTPResponse(s, method=method)
+        try:
+            response.begin()
+            body = response.read()
+        except (http.client.RemoteDisconnected, ConnectionResetError, http.client.IncompleteRead):
+            return None
+        headers = [(k.lower(), v) for k, v in response.getheaders()]
+        return Answer(response.status, headers, body)
+
+
+class StorageWatch:
+    """
+    What a daemon's requests may and may not have changed:
+
+     - L{state}: every upload's recorded state -- its record, and the
+       bytes its record claims (a sequential upload's first C{offset}
+       bytes, a chunked upload's stored chunks, a published file);
+     - L{outside}: every file the daemon could have made outside its
+       storage directory (its own directory, where it runs, and any path
+       anywhere named with L{MARKER});
+     - L{newLog}: what it logged since the last call.
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.storage = os.path.realpath(daemon.config["storage"]["directory"])
+        self.uploads = os.path.join(self.storage, "uploads")
+        self._cache: Dict[str, Tuple[Tuple[int, int, int], Any]] = {}
+        self._logOffset = 0
+        self._outsideAtStart = self.outside()
+
+    def record(self, uploadId: str) -> Optional[Dict[str, Any]]:
+        try:
+            return self._parsed(os.path.join(self.uploads, uploadId + ".json"))
+        except FileNotFoundError:
+            return None
+
+    def _parsed(self, path: str) -> Any:
+        import json
+
+        st = os.stat(path)
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._cache.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with open(path, "rb") as f:
+            value = json.loads(f.read())
+        self._cache[path] = (key, value)
+        return value
+
+    def claimed(self, record: Dict[str, Any]) -> Optional[bytes]:
+        """The bytes C{record} says are durably stored, or C{None} (no data)."""
+        import base64
+
+        published = record.get("published")
+        if published is not None:
+            return readFile(published["path"]) if os.path.exists(published["path"]) else None
+        path = os.path.join(self.uploads, record["id"] + ".data")
+        if not os.path.exists(path):
+            return None
+        data = readFile(path)
+        extra = record.get("extra", {})
+        if "chunkMap" in extra:
+            bits = base64.b64decode(extra["chunkMap"])
+            size, count, total = extra["chunkSize"], extra["totalChunks"], extra["totalSize"]
+            pieces = []
+            for index in range(count):
+                if bits[index // 8] & (1 << (index % 8)):
+                    end = total if index == count - 1 else (index + 1) * size
+                    pieces.append(b"%d:" % index + data[index * size:end])
+            return b"|".join(pieces)
+        return data[: record["offset"]]
+
+    def state(self) -> Dict[str, Any]:
+        """Every upload's record and claimed bytes, by id."""
+        import json
+
+        result: Dict[str, Any] = {}
+        if not os.path.isdir(self.uploads):
+            return result
+        for name in os.listdir(self.uploads):
+            if not name.endswith(".json"):
+                continue
+            try:
+                record = self._parsed(os.path.join(self.uploads, name))
+            except FileNotFoundError:
+                continue
+            result[name[:-5]] = (json.dumps(record, sort_keys=True), self.claimed(record))
+        return result
+
+    def outside(self) -> List[str]:
+        """
+        Files in the daemon's directory (where it runs) but outside its
+        storage, other than its config and log, and any file named with
+        L{MARKER} in the places an absolute or climbing path would reach.
+        """
+        found = []
+        keep = {self.daemon.configPath, self.daemon.logPath}
+        for root, dirs, files in os.walk(self.daemon.dir):
+            if os.path.realpath(root) == self.storage:
+                dirs[:] = []
+                continue
+            dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(root, d)) != self.storage]
+            found += [os.path.join(root, n) for n in files + dirs if os.path.join(root, n) not in keep]
+        for place in {"/", "/tmp", "/var/tmp", os.path.dirname(self.daemon.dir), ROOT,
+                      os.path.join(self.storage, "uploads"), os.getcwd()}:
+            try:
+                found += [os.path.join(place, n) for n in os.listdir(place) if MARKER in n]
+            except OSError:
+                continue
+        return sorted(found)
+
+    def newOutside(self) -> List[str]:
+        return [p for p in self.outside() if p not in self._outsideAtStart]
+
+    def newLog(self) -> str:
+        with open(self.daemon.logPath, "rb") as f:
+            f.seek(self._logOffset)
+            data = f.read()
+        self._logOffset += len(data)
+        return data.decode("utf-8", "replace")

@@ -90,6 +90,10 @@ def parseFinalize(body: bytes, headerToken: Optional[str]) -> FinalizeRequest:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("the body must be a JSON object") from None
+    except RecursionError:
+        # A few kilobytes of "[[[[..." exhaust the decoder's recursion:
+        # the client's doing, answered as such.
+        raise BadRequest("the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     for name in ("uploadId", "filename"):

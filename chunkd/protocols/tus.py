@@ -19,8 +19,10 @@ from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.static import File
 
+from chunkd.complete import sanitizeFilename
 from chunkd.config import Config
 from chunkd.errors import (
     BadRequest,
@@ -30,6 +32,7 @@ from chunkd.errors import (
     MethodNotAllowed,
     TooLarge,
     UnsupportedMediaType,
+    UploadError,
     UploadLocked,
     UploadNotFound,
 )
@@ -214,6 +217,10 @@ class TusProtocol:
         rawMetadata, metadata = readMetadata(request, self.config.limits.max_metadata_size)
         withUpload = request.bodyLength != 0
         checksum = parseChecksum(header(request, "upload-checksum")) if withUpload else None
+        bodyLength = request.bodyLength
+        if withUpload and length is not None and bodyLength is not None and bodyLength > length:
+            # Refused before anything is created: a refused request leaves no upload behind.
+            raise TooLarge(f"the body runs {bodyLength - length} bytes past the upload's length")
         extra: dict = {"tus_metadata": rawMetadata}
         if concat == "partial":
             extra["concat"] = "partial"
@@ -231,7 +238,18 @@ class TusProtocol:
                 upload.close()
                 raise
             sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
-            return MappedSink(sink, lambda written: Created(written, True))
+
+            def discardRefused(failure: Failure) -> Any:
+                # The body was refused (a checksum mismatch, a chunked body
+                # past the length): the request fails, so the upload it
+                # created goes too -- its id was never told to anyone.
+                if not failure.check(UploadError):
+                    return failure
+                d = self.uploads.disk.run(self.store.discard, record.id)
+                d.addErrback(lambda f: self.log.failure("discarding a refused creation", f))
+                return d.addCallback(lambda _: failure)
+
+            return MappedSink(sink, lambda written: Created(written, True), failed=discardRefused)
 
         return LateSink(created.addCallback(startWriting), request.bodyProducer)
 
@@ -408,7 +426,8 @@ def _copyParts(sources: List[str], upload: OpenUpload) -> None:
                 remaining -= n
 
 
-_TOKEN_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+\Z")
+# RFC 6838: each name starts with a letter or digit (so "../.." is no type).
+_TOKEN_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]{0,126}\Z")
 
 
 def safeContentType(value: Optional[str]) -> str:
@@ -420,9 +439,10 @@ def safeContentType(value: Optional[str]) -> str:
 
 def attachment(filename: Optional[str]) -> str:
     """A Content-Disposition that names the file but never renders it."""
-    if not filename:
+    # The completed area's rule: one component, no control characters, no
+    # leading dots (so never "." or ".."), at most 200 bytes.
+    name = sanitizeFilename(filename, "")
+    if not name:
         return "attachment"
-    name = os.path.basename(filename.replace("\\", "/")).replace('"', "")
-    name = "".join(c for c in name if c.isprintable())
     ascii = name.encode("ascii", "replace").decode("ascii") or "download"
     return f"attachment; filename=\"{ascii}\"; filename*=UTF-8''{quote(name)}"

@@ -560,6 +560,17 @@ class FinalizeTests(FacadeTestCase):
         self.assertEqual(self.completeFiles(), [])
 
     @defer.inlineCallbacks
+    def test_deeplyNestedJSONIs400(self) -> Any:
+        # 20,000 nested arrays fit the small-body limit and exhaust the
+        # JSON decoder's recursion: a client error, not a 500.
+        yield self.upload(b"hello")
+        r = yield self.finalize(None, body=b"[" * 20000 + b"]" * 20000)
+        self.assertEqual(r.code, 400, r.body_)
+        self.assertEqual(r.body_, b"the body is nested too deeply\n")
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.completeFiles(), [])
+
+    @defer.inlineCallbacks
     def test_unknownUploadIs404(self) -> Any:
         for uploadId in ("f" * 32, "../../etc/passwd", ""):
             r = yield self.finalize(uploadId, "x", "token")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from typing import Any
+from typing import Any, List
 
 from twisted.internet import defer
 
@@ -209,6 +209,28 @@ class CreationTests(TusTestCase):
     def test_creationWithUploadTooLongIs413(self) -> Any:
         r = yield self.create(3, {"Content-Type": OCTETS}, data=b"abcdef")
         self.assertEqual(r.code, 413)
+
+    def uploadFiles(self) -> List[str]:
+        return sorted(os.listdir(os.path.join(self.storage, "uploads")))
+
+    @defer.inlineCallbacks
+    def test_refusedCreationWithUploadLeavesNoUpload(self) -> Any:
+        # A refused request changes nothing: neither a body longer than the
+        # length (refused before creating, even for a 0-byte upload, which
+        # would be complete at once) nor a checksum mismatch or a chunked
+        # body running past the length (found once the upload exists).
+        for length in (0, 3):
+            r = yield self.create(length, {"Content-Type": OCTETS}, data=b"abcdef")
+            self.assertEqual(r.code, 413)
+        digest = base64.b64encode(hashlib.sha1(b"abc").digest()).decode()
+        r = yield self.create(3, {"Content-Type": OCTETS, "Upload-Checksum": f"sha1 {digest}"}, data=b"abd")
+        self.assertEqual(r.code, 460)
+        raw = yield rawRequest(self.port.getHost().port, (
+            b"POST /files/ HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 2\r\n"
+            b"Content-Type: application/offset+octet-stream\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n"))
+        self.assertEqual(parseResponse(raw)[0], 413)
+        self.assertEqual([n for n in self.uploadFiles() if not n.endswith(".lock")], [])
 
     @defer.inlineCallbacks
     def test_creationWithUploadChecksum(self) -> Any:
@@ -504,6 +526,20 @@ class DownloadTests(TusTestCase):
         yield r.content()
         self.assertEqual(h(r, "content-type"), "application/octet-stream")
         self.assertEqual(h(r, "content-disposition"), "attachment")
+
+    @defer.inlineCallbacks
+    def test_dotNamesAndTypesAreNotPassedOn(self) -> Any:
+        # ".." is no file name, "../.." no media type: neither reaches the headers.
+        for name, filetype in (("..", "../.."), ("../..", "./x"), (".hidden", "-/-")):
+            meta = f"filename {b64(name)},filetype {b64(filetype)}"
+            uploadId = yield self.createId(1, {"Upload-Metadata": meta})
+            yield self.patch(uploadId, 0, b"x")
+            r = yield self.client.get(self.url(f"/files/{uploadId}"))
+            yield r.content()
+            self.assertEqual(h(r, "content-type"), "application/octet-stream", filetype)
+            disposition = h(r, "content-disposition")
+            self.assertIn(disposition, ("attachment", "attachment; filename=\"hidden\"; filename*=UTF-8''hidden"),
+                          name)
 
 
 class CorsTests(TusTestCase):
