@@ -266,7 +266,10 @@ class UploadService:
             with the offset as it is, so the client resumes from there.
         """
         def advance(record: UploadRecord) -> None:
-            if since is not None and not (record.state == ACTIVE and since <= record.offset <= newOffset):
+            # Our own checkpoint may have recorded the last byte already,
+            # and with it completed the upload: that is still ours.
+            ours = record.state == ACTIVE or (record.state == COMPLETE and record.offset == newOffset)
+            if since is not None and not (ours and since <= record.offset <= newOffset):
                 raise OffsetMismatch(
                     f"the upload moved on to {record.offset} while this write ran; resume from there",
                     headers={"Upload-Offset": str(record.offset)},

@@ -274,6 +274,19 @@ class LostLockTests(UploadServiceTestCase):
         self.assertEqual(self.store.get(record.id).offset, 7)
 
     @defer.inlineCallbacks
+    def test_aCheckpointThatCompletedTheUploadIsOurs(self) -> Any:
+        """
+        A body that ends exactly on a checkpoint: the checkpoint already
+        recorded the last byte (and so completed the upload); the body's
+        own final record must accept that, not answer 409.
+        """
+        record = yield self.uploads.create("tus", 10)
+        yield self.store.update(record.id, self.uploads.advanceTo(10, 10, since=0))
+        self.assertEqual(self.store.get(record.id).state, COMPLETE)
+        final = yield self.store.update(record.id, self.uploads.advanceTo(10, 10, since=0))
+        self.assertEqual((final.offset, final.state), (10, COMPLETE))
+
+    @defer.inlineCallbacks
     def test_ourOwnCheckpointsAreNotTakenForSomeoneElse(self) -> Any:
         record = yield self.uploads.create("tus", 10)
         yield self.store.update(record.id, lambda r: setattr(r, "offset", 2))
