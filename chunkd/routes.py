@@ -114,6 +114,7 @@ class RouteTable:
         #: who is asking, decided once per request at the end of its headers
         self.authenticator = authenticator
         self._bodies: Dict[str, Tuple[str, Optional[BodyFactory], bool]] = {}
+        self._diversions: List[Tuple[bytes, bytes, bytes]] = []
         self._adapter: Any = None
         #: the installed protocols by name
         self.protocols: Dict[str, UploadProtocol] = {}
@@ -129,6 +130,23 @@ class RouteTable:
         self.app.route(route.path, methods=list(route.methods), endpoint=endpoint)(_refusing(route.render))
         self._bodies[endpoint] = (route.label or protocol, route.body, route.public)
         self._adapter = None
+
+    def divert(self, mount: str, header: str, to: str) -> None:
+        """
+        Route requests under C{mount} that carry C{header} as if they were
+        sent under C{to}: one mount serving two protocols, told apart by a
+        header (a tus path speaks the IETF draft when a request names an
+        interop version).
+        """
+        self._diversions.append((mount.rstrip("/").encode(), header.lower().encode(),
+                                 to.rstrip("/").encode()))
+
+    def _diverted(self, request: Any) -> bytes:
+        path: bytes = request.path
+        for mount, header, to in self._diversions:
+            if (path == mount or path.startswith(mount + b"/")) and request.requestHeaders.hasHeader(header):
+                return to + path[len(mount):]
+        return path
 
     def match(self, method: bytes, path: bytes) -> Optional[Tuple[RouteMatch, Optional[BodyFactory]]]:
         """
@@ -169,6 +187,9 @@ class RouteTable:
         refused (L{BoundedBody}).  Errors raised deciding are answered once
         the body has been discarded.
         """
+        routed = self._diverted(request)
+        if routed != request.path:
+            request.routedPath = request.path = routed
         found = self.match(request.method, request.path)
         request.route = found[0] if found is not None else None
         if found is not None:

@@ -134,6 +134,8 @@ class StreamingRequest(server.Request):
     principal: Principal = ANONYMOUS
     #: why the request was refused at the end of its headers, if it was
     refusal: Optional[UploadError] = None
+    #: the path it is routed by, when the route table diverted it
+    routedPath: Optional[bytes] = None
     _bodyOpen = False
     # Twisted labels every response text/html; most of ours have no body.
     defaultContentType = None
@@ -143,6 +145,9 @@ class StreamingRequest(server.Request):
         self.content = io.BytesIO()
         self.method = self.channel._command
         self.uri = self.channel._path
+        # Known now, not only once the body has ended: an interim response
+        # sent while the body streams must know it speaks to HTTP/1.1.
+        self.clientproto = self.channel._version
         self.path = self.uri.split(b"?", 1)[0]
         self.method = self.effectiveMethod()
         self.bodyLength = length
@@ -204,8 +209,11 @@ class StreamingRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def process(self) -> None:
-        # Klein routes on self.method: apply the override for it too.
+        # Klein routes on self.method and self.path: apply the override and
+        # any diversion (which requestReceived undid) for them too.
         self.method = self.effectiveMethod()
+        if self.routedPath is not None:
+            self.path = self.routedPath
         super().process()
 
     def connectionLost(self, reason: Failure) -> None:

@@ -177,6 +177,101 @@ def rawRequest(port: int, payload: bytes, closeAfter: Optional[float] = None) ->
     return result
 
 
+class RawConnection(Protocol):
+    """
+    A client connection driven byte by byte: write parts of a request
+    when the test decides, and wait until the answer so far satisfies a
+    condition (an interim response arrived, a final one completed).
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: defer.Deferred[bytes] = defer.Deferred()
+        self._waiting: List[Tuple[Any, "defer.Deferred[bytes]"]] = []
+
+    @classmethod
+    @defer.inlineCallbacks
+    def open(cls, port: int) -> Any:
+        connection = cls()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), connection)
+        return connection
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        for entry in list(self._waiting):
+            condition, d = entry
+            if condition(self.received):
+                self._waiting.remove(entry)
+                d.callback(self.received)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed.callback(self.received)
+        for _, d in self._waiting:
+            d.errback(AssertionError(f"connection closed; received {self.received[-2000:]!r}"))
+        self._waiting = []
+
+    def waitFor(self, condition: Any, timeout: float = 15) -> "defer.Deferred[bytes]":
+        """Fire with everything received once C{condition(received)} holds."""
+        if condition(self.received):
+            return defer.succeed(self.received)
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self._waiting.append((condition, d))
+        return d.addTimeout(timeout, reactor)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+def httpResponses(raw: bytes) -> List["tuple[int, Dict[str, str], bytes]"]:
+    """
+    Every complete response in C{raw}, interim ones included, in order:
+    status, headers (lower-cased names; repeated ones joined with ", ")
+    and body (by Content-Length or chunked; none for 1xx, 204 and 304).
+    Trailers of a chunked body are not read (chunkd sends none).
+    """
+    found: List[Tuple[int, Dict[str, str], bytes]] = []
+    while b"\r\n\r\n" in raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers: Dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            key = name.strip().lower()
+            headers[key] = headers[key] + ", " + value.strip() if key in headers else value.strip()
+        if status >= 200 and headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while b"\r\n" in rest:
+                size, _, after = rest.partition(b"\r\n")
+                n = int(size.split(b";")[0], 16)
+                if len(after) < n + 2:
+                    return found
+                body, rest = body + after[:n], after[n + 2:]
+                if n == 0:
+                    break
+            else:
+                break
+            found.append((status, headers, body))
+            raw = rest
+            continue
+        length = 0 if status < 200 or status in (204, 304) else int(headers.get("content-length", "0"))
+        if len(rest) < length:
+            break
+        found.append((status, headers, rest[:length]))
+        raw = rest[length:]
+    return found
+
+
+def finalResponse(raw: bytes) -> bool:
+    """Whether C{raw} holds a complete final (non-1xx) response."""
+    return any(status >= 200 for status, _, _ in httpResponses(raw))
+
+
 def deferLater(seconds: float) -> "defer.Deferred[None]":
     from twisted.internet.task import deferLater as _later
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.trial import unittest
+from twisted.web.http_headers import Headers
 
 from chunkd.errors import BadRequest, TooLarge, UploadError
 from chunkd.routes import Route, RouteMatch
@@ -17,11 +18,13 @@ from tests.helpers import RecordingSink
 
 
 class FakeRequest:
-    def __init__(self, method: bytes, path: bytes) -> None:
+    def __init__(self, method: bytes, path: bytes, headers: Optional[Dict[str, str]] = None) -> None:
         self.method = method
         self.path = path
         self.uri = path
         self.route: Optional[RouteMatch] = None
+        self.routedPath: Optional[bytes] = None
+        self.requestHeaders = Headers({k: [v] for k, v in (headers or {}).items()})
 
 
 class Items:
@@ -74,8 +77,8 @@ class RouteTableTests(unittest.TestCase):
         self.other = Items("other-items", "/other")
         self.routes, self.exposed = buildRoutes([self.items, self.other])
 
-    def sinkFor(self, method: bytes, path: bytes) -> Any:
-        request = FakeRequest(method, path)
+    def sinkFor(self, method: bytes, path: bytes, headers: Optional[Dict[str, str]] = None) -> Any:
+        request = FakeRequest(method, path, headers)
         sink = self.routes.sinkFor(request)
         return request, sink
 
@@ -88,6 +91,23 @@ class RouteTableTests(unittest.TestCase):
         request, sink = self.sinkFor(b"POST", b"/other")
         self.assertEqual(self.other.sinks, [{"kind": "create"}])
         self.assertEqual(request.route.protocol, "other-items")
+
+    def test_aDivertedMountIsRoutedByItsHeader(self) -> None:
+        """
+        One mount, two protocols told apart by a header: with it, the
+        request is routed (body and answer) as if sent to the other mount,
+        and keeps the path it came with in C{uri}.
+        """
+        self.routes.divert("/other", "X-Dialect", "/items")
+        request, _ = self.sinkFor(b"PATCH", b"/other/abc", {"X-Dialect": "1"})
+        self.assertEqual((request.route.protocol, request.path, request.routedPath, request.uri),
+                         ("items", b"/items/abc", b"/items/abc", b"/other/abc"))
+        self.assertEqual(self.items.sinks, [{"kind": "patch", "id": "abc"}])
+        request, _ = self.sinkFor(b"PATCH", b"/other/abc")
+        self.assertEqual((request.route.protocol, request.routedPath), ("other-items", None))
+        # Only under the mount: /otherwise is not /other.
+        request, _ = self.sinkFor(b"POST", b"/otherwise", {"X-Dialect": "1"})
+        self.assertIsNone(request.routedPath)
 
     def test_sameHandlerNamesDoNotClash(self) -> None:
         endpoints = {rule.endpoint for rule in self.routes.app.url_map.iter_rules()}
