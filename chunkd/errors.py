@@ -142,6 +142,23 @@ class InsufficientStorage(UploadError):
     status = 507
 
 
+class Problem(UploadError):
+    """
+    An error with an RFC 9457 problem type, rendered as an
+    C{application/problem+json} document (its C{type}, its extension
+    members, and the reason as C{detail}) instead of a line of text.
+
+    @ivar type: the problem type URI.
+    @ivar members: the document's other members (C{title}, extensions).
+    """
+
+    def __init__(self, reason: str, status: int, type: str, members: Optional[Mapping[str, object]] = None,
+                 headers: Optional[Mapping[str, str]] = None) -> None:
+        super().__init__(reason, headers=headers, status=status)
+        self.type = type
+        self.members = dict(members or {})
+
+
 # -- the catalogue: errors more than one place raises, and the one disk map --
 
 #: errnos that mean "no room": the client may retry once space is freed.

@@ -23,7 +23,7 @@ Publishing a finished upload is L{chunkd.publish.Publisher}'s.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -95,6 +95,9 @@ class WritePlan:
         bytes while the body streams (only for a body that can neither
         fail a checksum nor overflow: its length is known and within the
         limit).
+    @ivar progress: told each checkpoint's offset once it is recorded
+        (durable): what a protocol may report to the client as received
+        for good while the body still streams.
     """
 
     offset: int
@@ -105,6 +108,7 @@ class WritePlan:
     verify: Optional[Verifier] = None
     runningHash: bool = False
     checkpoints: bool = False
+    progress: Optional[Callable[[int], None]] = None
 
 
 class UploadService:
@@ -128,10 +132,13 @@ class UploadService:
 
     # -- finding and creating ------------------------------------------------
 
-    def find(self, uploadId: str, protocol: str, principal: Principal = ANONYMOUS) -> UploadRecord:
+    def find(self, uploadId: str, protocol: Union[str, FrozenSet[str]],
+             principal: Principal = ANONYMOUS) -> UploadRecord:
         """
-        A live upload of C{protocol} that C{principal} may see.  Another
-        protocol's upload is not found: its rules would not apply to it.
+        A live upload of C{protocol} (or of one of a set of protocols that
+        share their rules, as tus and the IETF draft do) that C{principal}
+        may see.  Another protocol's upload is not found: its rules would
+        not apply to it.
         Nor is another subject's, tombstone or not: to them it answers
         exactly as an id that never existed.
 
@@ -142,11 +149,13 @@ class UploadService:
         """
         principal.checkUpload(uploadId)
         record = self.store.get(uploadId)
-        if record.protocol != protocol or record.subject != principal.subject:
+        protocols = {protocol} if isinstance(protocol, str) else protocol
+        if record.protocol not in protocols or record.subject != principal.subject:
             raise noSuchUpload()
         return self.store.live(record)
 
-    def open(self, uploadId: str, protocol: str, principal: Principal = ANONYMOUS) -> OpenUpload:
+    def open(self, uploadId: str, protocol: Union[str, FrozenSet[str]],
+             principal: Principal = ANONYMOUS) -> OpenUpload:
         """
         A live upload of C{protocol} that C{principal} may see, locked for
         writing.
@@ -227,7 +236,8 @@ class UploadService:
         claimed.addCallback(lambda _: create().addErrback(unclaim))
         return claimed
 
-    def terminate(self, uploadId: str, protocol: str, principal: Principal = ANONYMOUS) -> "Deferred[bool]":
+    def terminate(self, uploadId: str, protocol: Union[str, FrozenSet[str]],
+                  principal: Principal = ANONYMOUS) -> "Deferred[bool]":
         """
         Delete an upload's data and leave a tombstone (later requests learn
         it is gone).  The lock is taken at once; the deletion, which waits
@@ -333,8 +343,10 @@ class UploadService:
             checkpoints: Optional[OffsetCheckpoints] = None
             every = self.config.storage.checkpoint_every
             if plan.checkpoints and every and bodyLength is not None and plan.checksum is None:
+                progress = plan.progress
                 checkpoints = OffsetCheckpoints(
-                    lambda written: self.store.commit(upload, plan.recorded(plan.offset + written)), every)
+                    lambda written: self.store.commit(upload, plan.recorded(plan.offset + written)), every,
+                    None if progress is None else lambda written: progress(plan.offset + written))
                 writer.progress = checkpoints.written
         except BaseException:
             upload.close()
@@ -388,9 +400,11 @@ class OffsetCheckpoints:
 
     log = Logger()
 
-    def __init__(self, commit: Callable[[int], "Deferred[Any]"], every: int) -> None:
+    def __init__(self, commit: Callable[[int], "Deferred[Any]"], every: int,
+                 recorded: Optional[Callable[[int], None]] = None) -> None:
         self.commit = commit
         self.every = every
+        self.onRecorded = recorded
         self.recorded = 0
         self.running: Optional[Deferred[Any]] = None
         self._settled: Optional[OneShotResult[None]] = None
@@ -400,13 +414,18 @@ class OffsetCheckpoints:
             return
         self.recorded = written
         self.running = self.commit(written)
-        self.running.addBoth(self._done)
+        self.running.addBoth(self._done, written)
 
-    def _done(self, result: Any) -> None:
+    def _done(self, result: Any, written: int) -> None:
         self.running = None
         if isinstance(result, Failure):
             # The body's final record still comes; this one only hurried it.
             self.log.failure("recording a checkpoint", result)
+        elif self.onRecorded is not None:
+            try:
+                self.onRecorded(written)
+            except Exception:
+                self.log.failure("reporting a checkpoint")
         settled, self._settled = self._settled, None
         if settled is not None:
             settled.fire(None)

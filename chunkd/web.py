@@ -6,6 +6,7 @@ responses, CORS, and the Site that streams bodies (L{StreamingRequest}).
 
 from __future__ import annotations
 
+import json
 import re
 import weakref
 from typing import Any, List, Optional, Sequence, cast
@@ -21,7 +22,7 @@ from twisted.web.server import Site
 
 from chunkd.auth import Authenticator
 from chunkd.config import Config
-from chunkd.errors import BadRequest, UploadError, diskError, internalError
+from chunkd.errors import BadRequest, Problem, UploadError, diskError, internalError
 from chunkd.routes import RouteTable, UploadProtocol
 from chunkd.streaming import StreamingRequest
 
@@ -162,11 +163,14 @@ def renderError(request: Any, error: UploadError) -> bytes:
     request.setResponseCode(error.status)
     for name, value in error.headers.items():
         setHeader(request, name, value)
-    setHeader(request, "Content-Type", "text/plain; charset=utf-8")
     setHeader(request, "Cache-Control", "no-store")
-    if request.method == b"HEAD":
-        return b""
-    return error.reason.encode("utf-8") + b"\n"
+    if isinstance(error, Problem):
+        setHeader(request, "Content-Type", "application/problem+json")
+        body = json.dumps({"type": error.type, **error.members, "detail": error.reason}).encode("utf-8")
+    else:
+        setHeader(request, "Content-Type", "text/plain; charset=utf-8")
+        body = error.reason.encode("utf-8") + b"\n"
+    return b"" if request.method == b"HEAD" else body
 
 
 #: reason phrases Twisted's table lacks

@@ -39,6 +39,7 @@ from chunkd.errors import (
 from chunkd.protocols.tuswire import (
     CHECKSUMS,
     OFFSET_STREAM,
+    TUS_FAMILY,
     TUS_VERSION,
     answerHead,
     answerWrite,
@@ -124,7 +125,7 @@ class TusProtocol:
         offset = requiredOffset(request)
         checksum = parseChecksum(header(request, "upload-checksum"))
         newLength = parseCount("Upload-Length", header(request, "upload-length"))
-        upload = self.uploads.open(upload_id, TUS, request.principal)
+        upload = self.uploads.open(upload_id, TUS_FAMILY, request.principal)
         try:
             plan = self._plan(request, upload.record, offset, newLength, checksum)
         except BaseException:
@@ -273,7 +274,7 @@ class TusProtocol:
             if prefix != self.mount or not isUploadId(uploadId):
                 raise BadRequest(f"{url!r} is not an upload of this server")
             try:
-                part = self.uploads.find(uploadId, TUS, request.principal)
+                part = self.uploads.find(uploadId, TUS_FAMILY, request.principal)
             except UploadNotFound:
                 raise BadRequest(f"partial upload {url!r} does not exist") from None
             if part.extra.get("concat") != "partial":
@@ -354,7 +355,7 @@ class TusProtocol:
             setHeader(request, "Tus-Resumable", TUS_VERSION)
             return self._download(request, upload_id)
         checkVersion(request)
-        record = self.uploads.find(upload_id, TUS, request.principal)
+        record = self.uploads.find(upload_id, TUS_FAMILY, request.principal)
         if record.extra.get("concat") == "final" and record.state == ACTIVE:
             return self._assembleIfReady(upload_id).addCallback(
                 lambda assembled: self._headAnswer(request, assembled))
@@ -378,7 +379,7 @@ class TusProtocol:
         """
         if not self.config.tus.download:
             raise MethodNotAllowed("downloads are disabled")
-        record = self.uploads.find(uploadId, TUS, request.principal)
+        record = self.uploads.find(uploadId, TUS_FAMILY, request.principal)
         if record.state != COMPLETE:
             raise Conflict("the upload is not finished", headers={"Upload-Offset": str(record.offset)})
         resource = File(self.store.dataPath(uploadId))
@@ -395,7 +396,7 @@ class TusProtocol:
             request.setResponseCode(204)
             return b""
 
-        return self.uploads.terminate(upload_id, TUS, request.principal).addCallback(terminated)
+        return self.uploads.terminate(upload_id, TUS_FAMILY, request.principal).addCallback(terminated)
 
 
 def _hashWritten(path: str, digest: Any, offset: int, length: int) -> bytes:

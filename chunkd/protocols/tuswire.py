@@ -19,6 +19,9 @@ from chunkd.uploads import Checksum
 from chunkd.web import header, setHeader
 
 TUS_VERSION = "1.0.0"
+#: tus and its IETF successor keep one kind of upload (a sequential offset,
+#: a length that may be deferred, tus metadata): each finds the other's.
+TUS_FAMILY = frozenset({"tus", "ietf"})
 OFFSET_STREAM = "application/offset+octet-stream"
 CHECKSUMS = {"sha1": hashlib.sha1, "md5": hashlib.md5, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 _DIGITS = re.compile(r"^[0-9]{1,19}\Z")
