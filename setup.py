@@ -20,6 +20,9 @@ setup(
         # JWT verification for auth.jwt (never hand-written): the reference
         # implementation, maintained, with RSA/EC/EdDSA through cryptography.
         "PyJWT[crypto]>=2.10",
+        # RFC 8941 structured fields (the IETF draft's Upload-Complete,
+        # Upload-Limit, digests): mnot's parser and serializer, maintained.
+        "http-sf>=1.5",
     ],
     extras_require={
         # mypy-zope types the zope.interface seams (IService, IPushProducer);

@@ -17,6 +17,7 @@ from chunkd.disk import DiskService
 from chunkd.guard import Guard
 from chunkd.metrics import Metrics, MetricsEndpoint
 from chunkd.protocols.facade import FacadeProtocol
+from chunkd.protocols.ietf import IetfProtocol
 from chunkd.protocols.resumable import chunkProtocols
 from chunkd.protocols.tus import TusProtocol
 from chunkd.publish import Publisher
@@ -33,6 +34,8 @@ def buildProtocols(config: Config, uploads: UploadService) -> List[UploadProtoco
     protocols: List[UploadProtocol] = []
     if config.tus.enabled:
         protocols.append(TusProtocol(config, uploads))
+    if config.ietf.enabled:
+        protocols.append(IetfProtocol(config, uploads))
     if config.uploads.enabled:
         protocols.append(FacadeProtocol(config, uploads))
     # Resumable.js at resumable.path and flow.js at flow.path, each if enabled.
@@ -58,6 +61,10 @@ class Chunkd:
             self.metrics = Metrics(config, store, disk)
             installed.append(MetricsEndpoint(self.metrics, config.metrics.path))
         self.routes, self.exposed = buildRoutes(installed, Authenticator(config))
+        if config.ietf.enabled and config.tus.enabled:
+            # A tus client never names an interop version; an IETF draft
+            # client always does: one mount serves both.
+            self.routes.divert(config.tus.path, "Upload-Draft-Interop-Version", config.ietf.path)
         self.installed = installed
         self.site = ChunkdSite(self.routes, Cors(config, self.exposed), config.network.idle_timeout,
                                self.metrics)

@@ -86,6 +86,21 @@ class FlowConfig:
 
 
 @dataclass(frozen=True)
+class IetfConfig:
+    enabled: bool = _plain(True, "serve Resumable Uploads for HTTP (the IETF draft, interop 3-8)")
+    path: str = _plain(
+        "/rufh", "its own mount (newest version without a header); the tus mount serves it too "
+        "for requests that name an interop version"
+    )
+    min_size: int = _size(0, "announced min-size: smaller uploads are refused; 0 = none")
+    max_append_size: int = _size(0, "announced max-append-size: larger request bodies get 413; 0 = none")
+    min_append_size: int = _size(0, "announced min-append-size (announced only); 0 = none")
+    progress_interval: float = _duration(
+        1.0, "least time between two 104 progress responses while a body streams"
+    )
+
+
+@dataclass(frozen=True)
 class CompleteConfig:
     directory: str = _plain(
         "", "where finished chunk-protocol uploads go; empty = <storage>/complete"
@@ -250,6 +265,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     resumable: ResumableConfig = field(default_factory=ResumableConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    ietf: IetfConfig = field(default_factory=IetfConfig)
     complete: CompleteConfig = field(default_factory=CompleteConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
 
@@ -449,7 +465,7 @@ def _checkSemantics(config: Config) -> Config:
         raise ConfigError("janitor.interval", "must be more than 0")
     mounts = {}
     metrics = replace(config.metrics, path=_normalizeMount("metrics.path", config.metrics.path))
-    for section in ("tus", "resumable", "flow", "uploads"):
+    for section in ("tus", "resumable", "flow", "uploads", "ietf"):
         part = getattr(config, section)
         mounts[section] = replace(part, path=_normalizeMount(f"{section}.path", part.path))
     enabled = [m.path for m in mounts.values() if m.enabled]
