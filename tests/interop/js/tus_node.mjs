@@ -25,8 +25,9 @@ const report = {
 };
 
 const SENT = ['Upload-Length', 'Upload-Defer-Length', 'Upload-Offset', 'Upload-Concat', 'Upload-Metadata',
-  'Content-Type', 'X-HTTP-Method-Override', 'Tus-Resumable'];
-const RECEIVED = ['Location', 'Upload-Offset', 'Upload-Length', 'Tus-Resumable'];
+  'Content-Type', 'X-HTTP-Method-Override', 'Tus-Resumable', 'Upload-Complete', 'Upload-Draft-Interop-Version'];
+const RECEIVED = ['Location', 'Upload-Offset', 'Upload-Length', 'Tus-Resumable', 'Upload-Complete',
+  'Upload-Draft-Interop-Version'];
 
 // Every request is listed when it is sent (so one that never gets an
 // answer shows too), and completed with the answer when it comes.
@@ -55,6 +56,7 @@ function baseOptions(extra) {
     endpoint: args.endpoint,
     metadata: { filename: args.filename || 'source.bin', filetype: 'application/octet-stream' },
     headers: args.headers || {},
+    protocol: args.protocol || 'tus-v1',
     retryDelays: [100, 300, 1000],
     onBeforeRequest: (req) => { sent(req); },
     onAfterResponse: (req, res) => { answered(req, res); },
