@@ -86,7 +86,7 @@ from chunkd.errors import (
 from chunkd.informational import sendInformational
 from chunkd.protocols.tuswire import TUS_FAMILY, readMetadata
 from chunkd.routes import Route
-from chunkd.sinks import BodyOutcome, LateSink, RecordSink
+from chunkd.sinks import BodyOutcome, LateSink, MappedSink, RecordSink
 from chunkd.store import ACTIVE, COMPLETE, UploadRecord
 from chunkd.streaming import BodySink, StreamingRequest
 from chunkd.uploads import Checksum, UploadService, WritePlan
@@ -296,7 +296,8 @@ class IetfProtocol:
                 upload.close()
                 raise
             sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
-            return _Mapped(sink, lambda written: self._afterCompletion(written, location, wanted))
+            return MappedSink(sink, lambda written: self._afterCompletion(written, location, wanted),
+                          _digestMismatch)
 
         return LateSink(created.addCallback(announce), request.bodyProducer)
 
@@ -360,7 +361,8 @@ class IetfProtocol:
             raise
         location = self.location(request, record.id)
         sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
-        return _Mapped(sink, lambda written: self._afterCompletion(written, location, wanted))
+        return MappedSink(sink, lambda written: self._afterCompletion(written, location, wanted),
+                          _digestMismatch)
 
     async def appended(self, request: Any, upload_id: str) -> bytes:
         created: Created = await request.bodySink.result()
@@ -542,29 +544,6 @@ class IetfProtocol:
         if version.lengthProblem:
             return self._lengthError(version, reason + "; nothing more can be appended")
         return BadRequest(reason, headers=headers)
-
-
-class _Mapped:
-    """
-    A sink whose result is the inner sink's, passed through C{after}
-    (which may return a Deferred): the completion checks.
-    """
-
-    def __init__(self, inner: BodySink, after: Any) -> None:
-        self.inner = inner
-        self.after = after
-
-    def dataReceived(self, data: bytes) -> None:
-        self.inner.dataReceived(data)
-
-    def bodyEnded(self, trailers: Any) -> None:
-        self.inner.bodyEnded(trailers)
-
-    def bodyFailed(self, reason: Any) -> None:
-        self.inner.bodyFailed(reason)
-
-    def result(self) -> "Deferred[Any]":
-        return self.inner.result().addCallback(self.after).addErrback(_digestMismatch)
 
 
 # -- the header grammar (RFC 8941 structured fields, through http-sf) ------------------------
