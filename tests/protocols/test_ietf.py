@@ -230,6 +230,25 @@ class VersionTests(IetfTestCase):
                              "?0" if v == 3 else "?1")
 
     @defer.inlineCallbacks
+    def test_everyVersionAnnouncesTheUploadAndCancels(self) -> Any:
+        """
+        Every version: a 104 with Location and the echoed version before
+        the body, a 201 with the offset, a 204 DELETE, then the upload is
+        gone (410, as tus says of a terminated upload).
+        """
+        for v in (3, 4, 5, 6, 7, 8):
+            raw = yield self.create(v, b"abc")
+            [first] = interim(raw)
+            self.assertEqual(first["upload-draft-interop-version"], str(v))
+            status, headers, _ = final(raw)
+            self.assertEqual((status, headers["location"], headers["upload-offset"]), (201, first["location"], "3"))
+            path = first["location"].split("127.0.0.1", 1)[1].split("/", 1)[1]
+            raw = yield self.exchange("DELETE", "/" + path, {"Upload-Draft-Interop-Version": str(v)})
+            self.assertEqual(final(raw)[0], 204, v)
+            status, _, _ = yield self.offsetOf(path, v)
+            self.assertEqual(status, 410, v)
+
+    @defer.inlineCallbacks
     def test_limitsPerVersion(self) -> Any:
         seen = {}
         for v in (3, 5, 6, 7, 8, None):
