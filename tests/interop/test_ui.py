@@ -154,6 +154,41 @@ class UploadPageTests(PageTestCase):
         self.assertIn("attachment", download["disposition"])
 
     @defer.inlineCallbacks
+    def test_tusAcrossADroppedConnection(self) -> Any:
+        """
+        The network goes away mid-PATCH and comes back: the page retries on
+        its own, asks for the offset (HEAD) and goes on from the server's,
+        never from 0, with no second creation.
+        """
+        size = 2 * MiB + 5
+        path, data = self.sourceFile(size)
+        digest = sha256File(path)
+        out = yield self.drive([
+            {"do": "throttle", "bytesPerSecond": THROTTLE},
+            {"do": "pick", "path": path},
+            {"do": "waitSent", "bytes": size // 3},
+            {"do": "offline", "value": True},
+            {"do": "phase", "name": "offline"},
+            {"do": "sleep", "ms": 1500},
+            {"do": "snapshot"},
+            {"do": "offline", "value": False},
+            {"do": "phase", "name": "online"},
+            {"do": "waitState", "state": "done"},
+            {"do": "snapshot"},
+        ])
+        tus = [r for r in out["requests"] if "/files/" in r["url"]]
+        self.assertEqual([r["method"] for r in tus].count("POST"), 1)
+        self.assertNotEqual(out["snapshots"][0]["state"], "done")
+        self.assertNotEqual(out["snapshots"][0]["state"], "failed")
+        self.assertEqual({r["status"] for r in tus if r["phase"] == "offline"}, {None}, "no answer while offline")
+        back = [r for r in tus if r["phase"] == "online" and r["status"] is not None]
+        self.assertEqual(back[0]["method"], "HEAD", [(r["phase"], r["method"], r["offset"], r["status"]) for r in tus])
+        patches = [r for r in back if r["method"] == "PATCH"]
+        self.assertGreater(int(patches[0]["offset"]), 0)
+        self.assertShown(out["snapshots"][1], size, digest)
+        self.assertEqual(sha256File(self.chunkd.uploadData(out["snapshots"][1]["uploadId"])), digest)
+
+    @defer.inlineCallbacks
     def test_resumable(self) -> Any:
         """
         Resumable.js chunks, three at a time: after a reload the page first

@@ -10,6 +10,7 @@
 // Actions, in order (the upload row acted on is the newest one):
 //   {do: 'phase', name}              label the requests sent from now on
 //   {do: 'throttle', bytesPerSecond} the browser's upload bandwidth (DevTools network emulation)
+//   {do: 'offline', value}           drop the browser's network (true) or bring it back (false)
 //   {do: 'mode', value}              pick 'tus' or 'resumable'
 //   {do: 'token', value}             type a bearer token into the page
 //   {do: 'pick', path}               choose a file through <input type=file>
@@ -39,15 +40,21 @@ watchdog.unref();
 let current = 'start';
 let phase = 'start';
 let throttle = null;
+let offline = false;
+let cdp = null;
 
 const row = '#uploads > li:first-child';
 
 async function applyThrottle(page) {
-  if (throttle === null) return;
-  const cdp = await page.context().newCDPSession(page);
+  if (throttle === null && !offline) return;
+  // One DevTools session for the page (it outlives reloads): conditions
+  // set through a second session would not replace the first's.
+  if (cdp === null) {
+    cdp = await page.context().newCDPSession(page);
+  }
   await cdp.send('Network.enable');
   await cdp.send('Network.emulateNetworkConditions', {
-    offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: throttle,
+    offline, latency: 0, downloadThroughput: -1, uploadThroughput: throttle === null ? -1 : throttle,
   });
 }
 
@@ -93,6 +100,10 @@ async function main() {
         break;
       case 'throttle':
         throttle = action.bytesPerSecond;
+        await applyThrottle(page);
+        break;
+      case 'offline':
+        offline = action.value;
         await applyThrottle(page);
         break;
       case 'mode':
