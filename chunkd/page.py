@@ -120,6 +120,7 @@ class UploadPage:
             "auth": "required" if auth.required else
                     "optional" if auth.tokens or auth.jwt.secret or auth.jwt.public_key else "off",
             "chunkSize": config.ui.chunk_size,
+            "maxChunks": config.resumable.max_chunks,
             "maxSize": config.limits.max_size,
         }
         attribute = html.escape(json.dumps(settings), quote=True).encode("utf-8")

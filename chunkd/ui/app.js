@@ -316,7 +316,7 @@
     // last (forceChunkSize's arithmetic, which chunkd accepts).
     params(n) {
       const file = this.file;
-      const size = config.chunkSize;
+      const size = this.chunkSize;
       const current = Math.min(file.size, n * size) - (n - 1) * size;
       return new URLSearchParams({
         resumableChunkNumber: n, resumableChunkSize: size, resumableCurrentChunkSize: current,
@@ -334,7 +334,10 @@
         // A random identifier: the upload's id is derived from it, and only
         // the page that holds it can find the upload (chunkd/page.py).
         this.identifier = known ? known.identifier : 'chunkd-ui-' + randomHex(16);
-        this.count = Math.max(Math.ceil(file.size / config.chunkSize), 1);
+        // Bigger chunks for a file that would need more than the server's
+        // most (the same size again after a reload: it depends on these alone).
+        this.chunkSize = Math.max(config.chunkSize, Math.ceil(file.size / config.maxChunks));
+        this.count = Math.max(Math.ceil(file.size / this.chunkSize), 1);
         this.stored = new Array(this.count + 1).fill(false);
         this.inFlight = new Map();
         this.untested = Boolean(known);
@@ -353,7 +356,7 @@
       }
       this.progress();
       await parallel(all.filter((n) => !this.stored[n]), async (n) => {
-        const chunk = file.slice((n - 1) * config.chunkSize, Math.min(file.size, n * config.chunkSize));
+        const chunk = file.slice((n - 1) * this.chunkSize, Math.min(file.size, n * this.chunkSize));
         const answer = await this.request('POST', this.chunkURL(n), {
           headers: { 'Content-Type': 'application/octet-stream' },
           body: chunk,
@@ -374,7 +377,7 @@
     }
 
     progress() {
-      const size = config.chunkSize;
+      const size = this.chunkSize;
       let sent = 0;
       for (let n = 1; n <= this.count; n++) {
         if (this.stored[n]) sent += Math.min(this.file.size, n * size) - (n - 1) * size;

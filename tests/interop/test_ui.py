@@ -83,6 +83,10 @@ class PageTestCase(InteropTestCase):
 
 
 class UploadPageTests(PageTestCase):
+    #: fewer chunks than a 3 MiB file makes at CHUNK: the page takes bigger ones
+    maxChunks = 10
+    chunkdConfig = {"ui": {"chunk_size": CHUNK}, "resumable": {"max_chunks": maxChunks}}
+
     def pauseReloadResume(self, mode: str, path: str, size: int, screenshot: str) -> List[Dict[str, Any]]:
         """
         Start an upload, pause it at a quarter, resume, reload the page past
@@ -202,7 +206,9 @@ class UploadPageTests(PageTestCase):
         digest = sha256File(path)
         out = yield self.drive(self.pauseReloadResume("resumable", path, size, "ui-resumable.png"))
         chunks = [r for r in out["requests"] if "/resumable?" in r["url"]]
-        count = -(-size // CHUNK)
+        chunkSize = max(CHUNK, -(-size // self.maxChunks))
+        count = -(-size // chunkSize)
+        self.assertEqual(count, self.maxChunks)
 
         def number(r: Dict[str, Any]) -> int:
             return int(r["url"].split("resumableChunkNumber=")[1].split("&")[0])
