@@ -1,7 +1,7 @@
 """
 One chunkd, built from a config: the store's companions (running hashes,
-publisher, upload layer), the protocols, the route table, the metrics and
-the Site -- what a test serves on port 0, and what the tap wraps in
+publisher, upload layer), the protocols, the route table, the metrics, the
+upload page and the Site -- what a test serves on port 0, and what the tap wraps in
 services.
 """
 
@@ -16,6 +16,7 @@ from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.guard import Guard
 from chunkd.metrics import Metrics, MetricsEndpoint
+from chunkd.page import UploadPage
 from chunkd.protocols.facade import FacadeProtocol
 from chunkd.protocols.ietf import IetfProtocol
 from chunkd.protocols.resumable import chunkProtocols
@@ -60,6 +61,10 @@ class Chunkd:
         if config.metrics.enabled:
             self.metrics = Metrics(config, store, disk)
             installed.append(MetricsEndpoint(self.metrics, config.metrics.path))
+        if config.ui.enabled:
+            # The page at ui.path; its routes stand beside the protocols'
+            # (GET only: the CORS preflight route at / keeps OPTIONS).
+            installed.append(UploadPage(config, self.uploads))
         self.routes, self.exposed = buildRoutes(installed, Authenticator(config))
         if config.ietf.enabled and config.tus.enabled:
             # A tus client never names an interop version; an IETF draft

@@ -130,6 +130,18 @@ class UploadsConfig:
 
 
 @dataclass(frozen=True)
+class UiConfig:
+    enabled: bool = _plain(
+        True, "serve the upload page (a browser client of tus and Resumable.js); turn off on a "
+        "public server whose uploads come only from your own application"
+    )
+    path: str = _plain("/", "where the page is served (its script, styles and JSON under <path>/_ui/)")
+    chunk_size: int = _size(
+        8 * 1024 * 1024, "bytes per tus PATCH and per Resumable.js chunk the page sends"
+    )
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     max_size: int = _size(0, "bytes per upload; 0 = unlimited")
     max_metadata_size: int = _size(4096, "bytes of Upload-Metadata per upload")
@@ -268,6 +280,7 @@ class Config:
     ietf: IetfConfig = field(default_factory=IetfConfig)
     complete: CompleteConfig = field(default_factory=CompleteConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
 
     @property
     def completeDirectory(self) -> str:
@@ -468,10 +481,13 @@ def _checkSemantics(config: Config) -> Config:
     for section in ("tus", "resumable", "flow", "uploads", "ietf"):
         part = getattr(config, section)
         mounts[section] = replace(part, path=_normalizeMount(f"{section}.path", part.path))
-    enabled = [m.path for m in mounts.values() if m.enabled]
+    ui = replace(config.ui, path=_normalizeMount("ui.path", config.ui.path))
+    if ui.chunk_size < 1024:
+        raise ConfigError("ui.chunk_size", "must be at least 1KiB")
+    enabled = [m.path for m in (*mounts.values(), ui) if m.enabled]
     if len(set(enabled)) != len(enabled):
         raise ConfigError("path", "two protocols are mounted at the same path")
-    return replace(config, metrics=metrics, **mounts)
+    return replace(config, metrics=metrics, ui=ui, **mounts)
 
 
 def _checkAuth(config: Config) -> None:

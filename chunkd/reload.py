@@ -24,6 +24,7 @@ RESTART_KEYS = (
     "listen", "storage.directory", "disk.threads",
     "tus.enabled", "tus.path", "resumable.enabled", "resumable.path", "flow.enabled", "flow.path",
     "uploads.enabled", "uploads.path", "metrics.enabled", "metrics.path",
+    "ui.enabled", "ui.path",
 )
 
 

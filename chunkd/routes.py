@@ -45,6 +45,10 @@ class Route:
     @ivar label: the protocol label metrics use (default: the protocol's).
     @ivar public: served without a token even with C{auth.required}
         (C{/health}; the metrics check their own token).
+    @ivar anyProtocol: the route answers about uploads of several
+        protocols (the upload page's JSON): a token's list of protocols is
+        checked by the route against each upload's own protocol, not
+        against the route's label.
     """
 
     path: str
@@ -53,6 +57,7 @@ class Route:
     body: Optional[BodyFactory] = None
     label: Optional[str] = None
     public: bool = False
+    anyProtocol: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class RouteMatch:
     endpoint: str
     args: Dict[str, Any] = field(default_factory=dict)
     public: bool = True
+    anyProtocol: bool = False
 
 
 def _refusing(render: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,7 +119,7 @@ class RouteTable:
         self.app = app
         #: who is asking, decided once per request at the end of its headers
         self.authenticator = authenticator
-        self._bodies: Dict[str, Tuple[str, Optional[BodyFactory], bool]] = {}
+        self._bodies: Dict[str, Tuple[str, Optional[BodyFactory], bool, bool]] = {}
         self._diversions: List[Tuple[bytes, bytes, bytes]] = []
         self._adapter: Any = None
         #: the installed protocols by name
@@ -128,7 +134,7 @@ class RouteTable:
     def add(self, protocol: str, route: Route) -> None:
         endpoint = f"{protocol}:{','.join(route.methods)}:{route.path}"
         self.app.route(route.path, methods=list(route.methods), endpoint=endpoint)(_refusing(route.render))
-        self._bodies[endpoint] = (route.label or protocol, route.body, route.public)
+        self._bodies[endpoint] = (route.label or protocol, route.body, route.public, route.anyProtocol)
         self._adapter = None
 
     def divert(self, mount: str, header: str, to: str) -> None:
@@ -159,8 +165,8 @@ class RouteTable:
             endpoint, args = self._adapter.match(pathInfo, method.decode("latin-1"))
         except (HTTPException, RequestRedirect, UnicodeError):
             return None
-        label, body, public = self._bodies.get(endpoint, ("other", None, True))
-        return RouteMatch(label, endpoint, args, public), body
+        label, body, public, anyProtocol = self._bodies.get(endpoint, ("other", None, True, False))
+        return RouteMatch(label, endpoint, args, public, anyProtocol), body
 
     def principalFor(self, request: Any, match: RouteMatch) -> Principal:
         """
@@ -177,7 +183,8 @@ class RouteTable:
             raise invalidToken("more than one Authorization header")
         principal = self.authenticator.authenticate(
             values[0].decode("latin-1") if values else None)
-        principal.checkProtocol(match.protocol)
+        if not match.anyProtocol:
+            principal.checkProtocol(match.protocol)
         return principal
 
     def sinkFor(self, request: Any) -> BodySink:

@@ -138,6 +138,10 @@ class UploadRecord:
     @ivar subject: who created it (the subject of a bearer token, see
         L{chunkd.auth}), or C{None} without one; only the same subject
         finds it.  (Records from before auth have none.)
+    @ivar sha256: the sha256 of a complete upload that stays where it was
+        written (tus), once something asked for it
+        (L{chunkd.uploads.UploadService.sha256Of}); a published upload's
+        is its publication's.
     @ivar schema: the record format (L{RECORD_SCHEMA}).
     """
 
@@ -154,6 +158,7 @@ class UploadRecord:
     publishing: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
     subject: Optional[str] = None
+    sha256: Optional[str] = None
     schema: int = RECORD_SCHEMA
 
     @property
@@ -164,6 +169,11 @@ class UploadRecord:
         # Not dataclasses.asdict: it deep-copies every value first, and a
         # record is written on every chunk.  Only the publication nests.
         raw = dict(vars(self))
+        if self.sha256 is None:
+            # Left out until known: a record without it reads the same to
+            # a chunkd that predates the field (one of several processes
+            # sharing the directory during an upgrade).
+            del raw["sha256"]
         if self.published is not None:
             raw["published"] = vars(self.published)
         return json.dumps(raw, sort_keys=True).encode("utf-8")
@@ -483,7 +493,7 @@ class UploadStore:
         return self._openLocked(uploadId, fcntl.LOCK_SH, "the upload is busy")
 
     def _updateNow(self, uploadId: str, mutate: Callable[[UploadRecord], Optional[bool]],
-                   durable: Optional[bool] = None) -> UploadRecord:
+                   durable: Optional[bool] = None, touch: bool = True) -> UploadRecord:
         # Runs in the disk pool.  The record lock is an flock on a lock file
         # beside the record: it excludes other threads and other processes
         # for the few microseconds of a read-modify-write.  A mutation that
@@ -495,7 +505,8 @@ class UploadStore:
             before = record.state
             if mutate(record) is False:
                 return record
-            record.updated = self.clock()
+            if touch:
+                record.updated = self.clock()
             self.save(record, durable)
             if before != COMPLETE and record.state == COMPLETE:
                 self._emit(POST_FINISH, record)
@@ -503,12 +514,18 @@ class UploadStore:
         finally:
             os.close(lockFd)
 
-    def update(self, uploadId: str, mutate: Callable[[UploadRecord], None]) -> Deferred[UploadRecord]:
+    def update(self, uploadId: str, mutate: Callable[[UploadRecord], Optional[bool]],
+               touch: bool = True) -> Deferred[UploadRecord]:
         """
         Read the record afresh, apply C{mutate}, save it -- under the record
-        lock, in the disk pool -- and fire with the new record.
+        lock, in the disk pool -- and fire with the new record.  A mutation
+        that returns C{False} changed nothing, and nothing is written.
+
+        @param touch: count it as activity (C{updated}, from which the
+            janitor measures idle and completed uploads' ages); C{False} for
+            a note that changes neither, such as a digest computed later.
         """
-        return self.disk.run(self._updateNow, uploadId, mutate)
+        return self.disk.run(self._updateNow, uploadId, mutate, None, touch)
 
     def commit(self, upload: OpenUpload, mutate: Callable[[UploadRecord], None]) -> Deferred[UploadRecord]:
         """

@@ -35,13 +35,16 @@ from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.errors import (
     ChecksumMismatch,
+    Conflict,
     OffsetMismatch,
     TooLarge,
     UploadError,
+    dataGone,
     diskError,
     noSuchUpload,
 )
-from chunkd.once import OneShotResult
+from chunkd.hashes import sha256OfFile
+from chunkd.once import OneShotResult, SharedWork
 from chunkd.publish import Publisher
 from chunkd.sinks import BodyOutcome, FileSink
 from chunkd.quotas import ActiveUploads
@@ -125,6 +128,7 @@ class UploadService:
         self.publisher = publisher
         self.hashes = publisher.hashes
         self.activeUploads = ActiveUploads(store)
+        self._hashing: SharedWork[str] = SharedWork()
 
     def reconfigure(self, config: Config) -> None:
         """Limits, expiry and disk tuning apply to the next request."""
@@ -248,6 +252,59 @@ class UploadService:
         upload = self.open(uploadId, protocol, principal)
         d = self.disk.run(self.store.terminate, uploadId)
         return d.addBoth(releasing, upload)
+
+    # -- what a finished upload is ----------------------------------------------
+
+    def sha256Of(self, record: UploadRecord) -> "Deferred[str]":
+        """
+        The sha256 of a complete upload, as chunkd records it: its
+        publication's, or -- for an upload that stays where it was written
+        (tus) -- its record's, hashed from its file in the disk pool the
+        first time anyone asks and recorded then (without counting as
+        activity).  A complete upload's bytes never change again, so every
+        process that hashes it gets the same digest; the first to record it
+        wins and the others answer what it recorded.
+
+        @raise Conflict: the upload is not complete.
+        """
+        if record.published is not None:
+            return succeed(record.published.sha256)
+        if record.sha256 is not None:
+            return succeed(record.sha256)
+        length = record.length
+        if record.state != COMPLETE or length is None:
+            raise Conflict("the upload is not finished")
+        uploadId = record.id
+        return self._hashing.run(uploadId, lambda: Deferred.fromCoroutine(self._recordSha256(uploadId, length)))
+
+    async def _recordSha256(self, uploadId: str, length: int) -> str:
+        try:
+            digest = await self.disk.run(sha256OfFile, self.store.dataPath(uploadId), length)
+        except FileNotFoundError:
+            # Terminated since it was read (UploadGone says so), or its file
+            # was removed behind chunkd's back.
+            self.store.live(self.store.get(uploadId))
+            raise dataGone() from None
+        except OSError as e:
+            raise diskError(e, "hashing the upload") from None
+
+        def remember(record: UploadRecord) -> Optional[bool]:
+            if (record.sha256 is not None or record.published is not None
+                    or record.state != COMPLETE or record.length != length):
+                return False  # recorded meanwhile, or no longer these bytes
+            record.sha256 = digest
+            return None
+
+        try:
+            record = await self.store.update(uploadId, remember, touch=False)
+        except OSError as e:
+            raise diskError(e, "recording the upload") from None
+        if record.sha256 is not None:
+            return record.sha256
+        if record.published is not None:
+            return record.published.sha256
+        self.store.live(record)  # terminated meanwhile: UploadGone
+        raise Conflict("the upload is not finished")
 
     # -- record updates protocols share ------------------------------------------
 

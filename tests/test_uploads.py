@@ -15,20 +15,23 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.http_headers import Headers
 
+import chunkd.uploads
 from chunkd.config import loadConfig
 from chunkd.errors import (
     BadRequest,
     ChecksumMismatch,
+    Conflict,
     InsufficientStorage,
     OffsetMismatch,
     ServiceUnavailable,
     TooLarge,
+    UploadGone,
     UploadLocked,
     UploadNotFound,
 )
 from chunkd.publish import Publisher
 from chunkd.sinks import BodyOutcome
-from chunkd.store import ACTIVE, COMPLETE, UploadRecord, UploadStore
+from chunkd.store import ACTIVE, COMPLETE, Publication, UploadRecord, UploadStore
 from chunkd.uploads import Checksum, UploadService, WritePlan
 from tests.helpers import CountingProducer, readFile, startedDisk
 
@@ -297,3 +300,108 @@ class LostLockTests(UploadServiceTestCase):
         yield self.store.update(record.id, lambda r: setattr(r, "offset", 4))  # a checkpoint of ours
         written = yield self.send(sink, [b"ef"])
         self.assertEqual(written.offset, 8)
+
+
+class Sha256Tests(UploadServiceTestCase):
+    """
+    The sha256 of a finished upload as chunkd records it
+    (L{UploadService.sha256Of}): a publication's, or -- for an upload that
+    stays where it was written, as tus's do -- hashed from its file once and
+    kept in its record, the one truth every process reads.
+    """
+
+    @defer.inlineCallbacks
+    def complete(self, data: bytes) -> Any:
+        record = yield self.uploads.create("tus", len(data))
+        upload = self.uploads.open(record.id, "tus")
+        sink = self.uploads.write(upload, self.sequential(upload, 0, len(data)), None, None)
+        written = yield self.send(sink, [data])
+        self.assertEqual(written.state, COMPLETE)
+        return written
+
+    def countHashing(self) -> List[str]:
+        """Count the files hashed from now on (in the disk pool)."""
+        hashed: List[str] = []
+        real = chunkd.uploads.sha256OfFile
+
+        def counting(path: str, length: int) -> str:
+            hashed.append(path)
+            return real(path, length)
+
+        self.patch(chunkd.uploads, "sha256OfFile", counting)
+        return hashed
+
+    @defer.inlineCallbacks
+    def test_hashedOnceThenRecorded(self) -> Any:
+        data = b"the quick brown fox" * 1000
+        record = yield self.complete(data)
+        self.assertNotIn(b'"sha256"', readFile(self.store.recordPath(record.id)))
+        hashed = self.countHashing()
+        digest = yield self.uploads.sha256Of(record)
+        self.assertEqual(digest, hashlib.sha256(data).hexdigest())
+        stored = self.store.get(record.id)
+        self.assertEqual(stored.sha256, digest)
+        # A note, not activity: the janitor's clocks do not restart.
+        self.assertEqual(stored.updated, record.updated)
+        # Another process (another service over the same directory) reads it
+        # from the record, and so does this one: no second hashing.
+        other = UploadService(self.config, UploadStore(self.directory, self.disk, durable=False), self.disk,
+                              Publisher(self.store, self.disk, self.config.completeDirectory))
+        again = yield other.sha256Of(other.store.get(record.id))
+        self.assertEqual(again, digest)
+        self.assertEqual(len(hashed), 1)
+
+    @defer.inlineCallbacks
+    def test_askedTogetherHashedOnce(self) -> Any:
+        data = b"x" * 300000
+        record = yield self.complete(data)
+        hashed = self.countHashing()
+        digests = yield defer.gatherResults([self.uploads.sha256Of(record) for _ in range(3)])
+        self.assertEqual(digests, [hashlib.sha256(data).hexdigest()] * 3)
+        self.assertEqual(len(hashed), 1)
+
+    @defer.inlineCallbacks
+    def test_theFirstToRecordWins(self) -> Any:
+        """
+        Another process records the digest while this one hashes: its
+        record stays as it is, and this answers what it says.
+        """
+        record = yield self.complete(b"abc")
+        other = UploadStore(self.directory, self.disk, durable=False)
+        real = chunkd.uploads.sha256OfFile
+
+        def raced(path: str, length: int) -> str:
+            other._updateNow(record.id, lambda r: setattr(r, "sha256", "f" * 64))
+            return real(path, length)
+
+        self.patch(chunkd.uploads, "sha256OfFile", raced)
+        digest = yield self.uploads.sha256Of(record)
+        self.assertEqual(digest, "f" * 64)
+        self.assertEqual(self.store.get(record.id).sha256, "f" * 64)
+
+    @defer.inlineCallbacks
+    def test_terminatedWhileHashingIsGone(self) -> Any:
+        record = yield self.complete(b"abc")
+        real = chunkd.uploads.sha256OfFile
+
+        def terminated(path: str, length: int) -> str:
+            self.store.terminate(record.id)
+            return real(path, length)
+
+        self.patch(chunkd.uploads, "sha256OfFile", terminated)
+        yield self.assertFailure(self.uploads.sha256Of(record), UploadGone)
+        self.assertIsNone(self.store.get(record.id).sha256)
+
+    @defer.inlineCallbacks
+    def test_unfinishedIsRefused(self) -> Any:
+        record = yield self.uploads.create("tus", 10)
+        self.assertRaises(Conflict, self.uploads.sha256Of, record)
+
+    @defer.inlineCallbacks
+    def test_aPublishedUploadAnswersItsPublication(self) -> Any:
+        record = yield self.complete(b"abc")
+        published = Publication(path="/nowhere", name="x", size=3, sha256="e" * 64, completedAt=1.0)
+        record = yield self.store.update(record.id, lambda r: setattr(r, "published", published))
+        hashed = self.countHashing()
+        digest = yield self.uploads.sha256Of(record)
+        self.assertEqual((digest, hashed), ("e" * 64, []))
