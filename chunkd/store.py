@@ -57,7 +57,7 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from twisted.internet.defer import Deferred
@@ -169,11 +169,14 @@ class UploadRecord:
         # Not dataclasses.asdict: it deep-copies every value first, and a
         # record is written on every chunk.  Only the publication nests.
         raw = dict(vars(self))
-        if self.sha256 is None:
-            # Left out until known: a record without it reads the same to
-            # a chunkd that predates the field (one of several processes
-            # sharing the directory during an upgrade).
-            del raw["sha256"]
+        # Keys a newer chunkd wrote, kept as they were (see fromJSON).
+        raw.update(raw.pop("_unknown", None) or {})
+        for optional in ("sha256", "subject"):
+            if raw[optional] is None:
+                # Left out until known: a record without it reads the same
+                # to a chunkd that predates the field (one of several
+                # processes sharing the directory during an upgrade).
+                del raw[optional]
         if self.published is not None:
             raw["published"] = vars(self.published)
         return json.dumps(raw, sort_keys=True).encode("utf-8")
@@ -184,10 +187,18 @@ class UploadRecord:
         if raw.get("schema", 1) < 2:
             _upgradeFrom1(raw)
         published = raw.pop("published", None)
+        # A key this chunkd does not know comes from a newer one sharing the
+        # directory: keep it (and write it back) rather than fail to read.
+        unknown = {key: raw.pop(key) for key in list(raw) if key not in _RECORD_FIELDS}
         record = cls(**raw)
         if published is not None:
             record.published = Publication(**published)
+        if unknown:
+            setattr(record, "_unknown", unknown)
         return record
+
+
+_RECORD_FIELDS = frozenset(f.name for f in fields(UploadRecord))
 
 
 def _upgradeFrom1(raw: Dict[str, Any]) -> None:

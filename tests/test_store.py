@@ -242,6 +242,24 @@ class SchemaTests(unittest.TestCase):
                               extra={"tus_metadata": "x"})
         self.assertEqual(UploadRecord.fromJSON(record.toJSON()), record)
 
+    def test_keysOfANewerChunkdAreKept(self) -> None:
+        """
+        A record written by a newer chunkd sharing the directory (a rolling
+        upgrade) reads, and its unknown keys survive being saved again;
+        optional fields still unset are left out, so such a record reads
+        the same to an older chunkd.
+        """
+        raw = json.loads(UploadRecord(id="a" * 32, protocol="tus", length=5).toJSON())
+        self.assertNotIn("subject", raw)
+        self.assertNotIn("sha256", raw)
+        raw["fromTheFuture"] = {"x": 1}
+        record = UploadRecord.fromJSON(json.dumps(raw).encode())
+        record.offset = 3
+        again = json.loads(record.toJSON())
+        self.assertEqual((again["fromTheFuture"], again["offset"]), ({"x": 1}, 3))
+        record.subject = "alice"
+        self.assertEqual(json.loads(record.toJSON())["subject"], "alice")
+
     def test_facadeRecordOfSchema1(self) -> None:
         raw = {"id": "b" * 32, "protocol": "facade", "length": 7, "offset": 7, "metadata": {},
                "created": 1.0, "updated": 9.0, "expires": None, "state": "complete",
