@@ -369,8 +369,13 @@ def buildRoutes(protocols: Sequence[UploadProtocol],
     def routingError(request: Any, failure: Failure) -> bytes:
         # No route (404) or not this method (405): werkzeug's verdict, our format.
         error = cast(HTTPException, failure.value)
-        reason = "no such resource" if error.code == 404 else "method not allowed here"
-        return renderError(request, UploadError(reason, status=error.code or 400))
+        status = error.code or 400
+        # The CORS preflight route answers OPTIONS on every path: a path that
+        # allows nothing else serves nothing, and that is a 404, not a 405.
+        if status == 405 and set(getattr(error, "valid_methods", None) or ()) <= {"OPTIONS"}:
+            status = 404
+        reason = "no such resource" if status == 404 else "method not allowed here"
+        return renderError(request, UploadError(reason, status=status))
 
     @app.handle_errors(OSError)
     def storageError(request: Any, failure: Failure) -> bytes:

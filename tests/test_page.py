@@ -174,7 +174,7 @@ class PageAtAPathTests(PageTestCase):
         script = yield self.get("/upload/_ui/app.js")
         self.assertEqual(script.code, 200)
         root = yield self.get("/")
-        self.assertEqual(root.code, 405)
+        self.assertEqual(root.code, 404)  # nothing is served at / then
 
     def test_aPathTakenByAProtocolIsRefused(self) -> None:
         error = self.assertRaises(ConfigError, loadConfig, None, {"ui.path": "/files"})

@@ -145,3 +145,18 @@ class UndecodableRequestTests(ServerTestCase):
         # One line per request at most (the client's own factories log too).
         server = [e for e in events if not str(e.get("log_namespace")).startswith("twisted.internet")]
         self.assertLessEqual(len(server), len(cases), text)
+
+
+class RoutingErrorTests(ServerTestCase):
+    @defer.inlineCallbacks
+    def test_unknownPathIs404NotMethodNotAllowed(self) -> Any:
+        """
+        The CORS preflight route matches every path for OPTIONS; a GET of a
+        path nothing serves is still "no such resource", not 405.
+        """
+        response = yield self.client.get(self.url("/no/such/thing"))
+        body = yield response.content()
+        self.assertEqual((response.code, body), (404, b"no such resource\n"))
+        response = yield self.client.delete(self.url("/files/"))
+        yield response.content()
+        self.assertEqual(response.code, 405)
