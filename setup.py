@@ -23,7 +23,13 @@ setup(
         # RFC 8941 structured fields (the IETF draft's Upload-Complete,
         # Upload-Limit, digests): mnot's parser and serializer, maintained.
         "http-sf>=1.5",
+        # chunkctl's progress bar on a terminal while it walks many
+        # uploads: small, pure Python, no dependencies, well kept.
+        "tqdm>=4.66",
     ],
+    entry_points={
+        "console_scripts": ["chunkctl = chunkd.chunkctl:run"],
+    },
     extras_require={
         # mypy-zope types the zope.interface seams (IService, IPushProducer);
         # hypothesis, a well-kept property-testing library, generates the

@@ -74,11 +74,6 @@ class InventoryTestCase(unittest.TestCase):
             upload.close()
         return record
 
-    def kinds(self, problems: List[Any]) -> List[Tuple[str, Any]]:
-        return [(p.kind, p.uploadId) for p in problems]
-
-
-class FsckTests(InventoryTestCase):
     @defer.inlineCallbacks
     def damagedStore(self) -> Any:
         """
@@ -139,6 +134,11 @@ class FsckTests(InventoryTestCase):
         os.unlink(self.store.recordPath(young.id))
         return damage, healthy, young.id
 
+    def kinds(self, problems: List[Any]) -> List[Tuple[str, Any]]:
+        return [(p.kind, p.uploadId) for p in problems]
+
+
+class FsckTests(InventoryTestCase):
     @defer.inlineCallbacks
     def test_everyDamageFoundThenRepaired(self) -> Any:
         damage, healthy, young = yield self.damagedStore()
