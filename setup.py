@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=["chunkd", "chunkd.protocols", "twisted.plugins"],
-    package_data={"twisted": ["plugins/chunkd_plugin.py"]},
+    package_data={"twisted": ["plugins/chunkd_plugin.py"], "chunkd": ["admin_static/*"]},
     python_requires=">=3.9",
     install_requires=[
         "twisted[tls]>=25.5",

@@ -149,6 +149,9 @@ class HookSender(Service):
         self._over: Dict[str, OneShotResult[None]] = {}
         self._latest: Dict[str, str] = {}  # upload id -> its latest delivery's path
         self._waiting: "set[str]" = set()  # spooled here, behind an earlier one
+        #: deliveries waiting to be retried here: path -> attempt, why the
+        #: last one failed, when the next is due (for the admin view)
+        self.failing: Dict[str, Dict[str, Any]] = {}
 
     # -- life cycle ----------------------------------------------------------
 
@@ -223,6 +226,7 @@ class HookSender(Service):
 
     def _overHere(self, path: str) -> None:
         """This process is done with the delivery: the next of its upload may go."""
+        self.failing.pop(path, None)
         over = self._over.pop(path, None)
         if over is not None:
             over.fire(None)
@@ -374,6 +378,23 @@ class HookSender(Service):
         self.log.warn("hook delivery {name} failed ({why}); retry in {delay:.0f}s",
                       name=os.path.basename(path), why=why, delay=delay)
         self._retries[path] = self.reactor.callLater(delay, self._send, path, attempt + 1)
+        self.failing[path] = {"attempt": attempt + 1, "error": why, "retryAt": time.time() + delay}
+
+    def retryNow(self, name: str) -> bool:
+        """
+        Send the spooled delivery C{name} now instead of at its next retry
+        (the operator's "retry now").
+
+        @return: whether it was waiting for a retry here (another process
+            may hold it, or it is being sent, or it was delivered).
+        """
+        path = os.path.join(self.spool, name)
+        call = self._retries.get(path)
+        if os.path.basename(path) != name or call is None or not call.active():
+            return False
+        call.cancel()
+        self._send(path, self.failing.get(path, {}).get("attempt", 1))
+        return True
 
 
 def _after(_: Any, earlier: "OneShotResult[None]") -> "Deferred[None]":

@@ -61,6 +61,8 @@ class Janitor(Service):
         self.config = config
         self.reactor = reactor
         self.lastReport: Optional[SweepReport] = None
+        #: when the last sweep ended (epoch seconds), for the admin view
+        self.lastSweepAt: Optional[float] = None
         self.onReport: Optional[Callable[[SweepReport], None]] = None
         self._loop: Optional[LoopingCall] = None
         self._sweeping: Optional[Deferred[Any]] = None
@@ -101,6 +103,7 @@ class Janitor(Service):
 
         def done(report: SweepReport) -> None:
             self.lastReport = report
+            self.lastSweepAt = time.time()
             if self.onReport is not None:
                 self.onReport(report)
             if report.expired or report.forgotten or report.orphans or report.removedCompleted or report.errors:

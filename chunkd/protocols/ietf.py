@@ -295,7 +295,7 @@ class IetfProtocol:
             except BaseException:
                 upload.close()
                 raise
-            sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
+            sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength, request)
             return _Mapped(sink, lambda written: self._afterCompletion(written, location, wanted))
 
         return LateSink(created.addCallback(announce), request.bodyProducer)
@@ -359,7 +359,7 @@ class IetfProtocol:
             upload.close()
             raise
         location = self.location(request, record.id)
-        sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
+        sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength, request)
         return _Mapped(sink, lambda written: self._afterCompletion(written, location, wanted))
 
     async def appended(self, request: Any, upload_id: str) -> bytes:
