@@ -7,8 +7,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=["chunkd", "chunkd.protocols", "twisted.plugins"],
-    # The upload page (chunkd/page.py): plain files, no build step.
-    package_data={"twisted": ["plugins/chunkd_plugin.py"], "chunkd": ["ui/*.html", "ui/*.js", "ui/*.css"]},
+    # The upload page (chunkd/page.py) and the operator's view
+    # (chunkd/admin.py): plain files, no build step.
+    package_data={"twisted": ["plugins/chunkd_plugin.py"],
+                  "chunkd": ["ui/*.html", "ui/*.js", "ui/*.css", "admin_static/*"]},
     python_requires=">=3.9",
     install_requires=[
         "twisted[tls]>=25.5",
@@ -24,7 +26,13 @@ setup(
         # RFC 8941 structured fields (the IETF draft's Upload-Complete,
         # Upload-Limit, digests): mnot's parser and serializer, maintained.
         "http-sf>=1.5",
+        # chunkctl's progress bar on a terminal while it walks many
+        # uploads: small, pure Python, no dependencies, well kept.
+        "tqdm>=4.66",
     ],
+    entry_points={
+        "console_scripts": ["chunkctl = chunkd.chunkctl:run"],
+    },
     extras_require={
         # mypy-zope types the zope.interface seams (IService, IPushProducer);
         # hypothesis, a well-kept property-testing library, generates the

@@ -11,10 +11,12 @@ from typing import List, Optional
 
 from twisted.logger import Logger
 
+from chunkd.admin import AdminView
 from chunkd.auth import Authenticator
 from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.guard import Guard
+from chunkd.live import LiveUploads
 from chunkd.metrics import Metrics, MetricsEndpoint
 from chunkd.page import UploadPage
 from chunkd.protocols.facade import FacadeProtocol
@@ -25,7 +27,7 @@ from chunkd.publish import Publisher
 from chunkd.routes import UploadProtocol
 from chunkd.store import UploadRecord, UploadStore
 from chunkd.uploads import UploadService
-from chunkd.web import ChunkdSite, Cors, buildRoutes
+from chunkd.web import ChunkdSite, Cors, buildRoutes, clientAddress
 
 
 def buildProtocols(config: Config, uploads: UploadService) -> List[UploadProtocol]:
@@ -58,6 +60,15 @@ class Chunkd:
         self.protocols = buildProtocols(config, self.uploads)
         self.metrics: Optional[Metrics] = None
         installed: List[UploadProtocol] = list(self.protocols)
+        # The bodies streaming now and the last uploads to end, for the
+        # operator's live view.
+        self.live = LiveUploads(lambda request: clientAddress(request, self.config.network.trust_proxy))
+        self.uploads.live = self.live
+        store.events.subscribe(self.live.onEvent)
+        self.admin: Optional[AdminView] = None
+        if config.admin.enabled:
+            self.admin = AdminView(config, store, disk, self.live)
+            installed.append(self.admin)
         if config.metrics.enabled:
             self.metrics = Metrics(config, store, disk)
             installed.append(MetricsEndpoint(self.metrics, config.metrics.path))

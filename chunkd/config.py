@@ -238,6 +238,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    enabled: bool = _plain(True, "serve the operator's live view and its JSON API")
+    path: str = _plain("/_admin/", "where the live view is mounted (the JSON API under <path>/api/)")
+    token: str = _plain(
+        "", "bearer token (or login-form password) that opens the view from addresses other than "
+        "loopback; empty = loopback only"
+    )
+
+
+@dataclass(frozen=True)
 class JwtConfig:
     secret: str = _plain("", "HS256/HS384/HS512 shared secret; empty = no HMAC tokens")
     public_key: str = _plain("", "path to a PEM public key (RS256, ES256, EdDSA); empty = none")
@@ -274,6 +284,7 @@ class Config:
     janitor: JanitorConfig = field(default_factory=JanitorConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     resumable: ResumableConfig = field(default_factory=ResumableConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -478,6 +489,11 @@ def _checkSemantics(config: Config) -> Config:
         raise ConfigError("janitor.interval", "must be more than 0")
     mounts = {}
     metrics = replace(config.metrics, path=_normalizeMount("metrics.path", config.metrics.path))
+    admin = replace(config.admin, path=_normalizeMount("admin.path", config.admin.path))
+    if admin.enabled and admin.path == "/":
+        raise ConfigError("admin.path", "the live view needs a path of its own, such as /_admin/")
+    if admin.token and len(admin.token) < 16:
+        raise ConfigError("admin.token", "must be at least 16 characters (it opens the view to the network)")
     for section in ("tus", "resumable", "flow", "uploads", "ietf"):
         part = getattr(config, section)
         mounts[section] = replace(part, path=_normalizeMount(f"{section}.path", part.path))
@@ -485,9 +501,11 @@ def _checkSemantics(config: Config) -> Config:
     if ui.chunk_size < 1024:
         raise ConfigError("ui.chunk_size", "must be at least 1KiB")
     enabled = [m.path for m in (*mounts.values(), ui) if m.enabled]
+    if admin.enabled:
+        enabled.append(admin.path)
     if len(set(enabled)) != len(enabled):
         raise ConfigError("path", "two protocols are mounted at the same path")
-    return replace(config, metrics=metrics, ui=ui, **mounts)
+    return replace(config, metrics=metrics, ui=ui, admin=admin, **mounts)
 
 
 def _checkAuth(config: Config) -> None:

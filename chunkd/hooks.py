@@ -82,6 +82,45 @@ def describe(store: UploadStore, record: UploadRecord) -> Dict[str, Any]:
     }
 
 
+def deliveries(config: Config, store: UploadStore, event: str,
+               record: UploadRecord) -> List[Tuple[str, Dict[str, Any]]]:
+    """
+    The spool files (path, content) that announce C{event} of C{record} to
+    every receiver that wants it.  Whoever writes them (L{HookSender}, or
+    C{chunkctl} acting on the store while chunkd may be stopped), chunkd
+    sends them: spooled deliveries are picked up by any running process.
+    """
+    found = []
+    spool = os.path.join(store.directory, "hooks")
+    for endpoint in config.hooks.endpoints:
+        if event not in endpoint.events:
+            continue
+        delivery = f"{time.time():.6f}-{secrets.token_hex(6)}"
+        body = json.dumps({"event": event, "upload": describe(store, record),
+                           "time": time.time()}).encode("utf-8")
+        entry = {"url": endpoint.url, "event": event, "delivery": delivery,
+                 "body": body.decode("utf-8")}
+        found.append((os.path.join(spool, delivery + ".json"), entry))
+    return found
+
+
+def spoolEvent(config: Config, store: UploadStore, event: str, record: UploadRecord) -> int:
+    """
+    Spool C{event} of C{record} for every receiver that wants it, for a
+    process that runs no L{HookSender} (C{chunkctl}): a running chunkd
+    sends it within L{HookSender.rescanInterval}, a stopped one when it
+    starts.  Blocking.
+
+    @return: how many deliveries were spooled.
+    """
+    found = deliveries(config, store, event, record)
+    if found:
+        os.makedirs(os.path.join(store.directory, "hooks"), exist_ok=True)
+    for path, entry in found:
+        _writeSpool(path, entry)
+    return len(found)
+
+
 class HookSender(Service):
     name = "hooks"
     log = Logger()
@@ -110,6 +149,9 @@ class HookSender(Service):
         self._over: Dict[str, OneShotResult[None]] = {}
         self._latest: Dict[str, str] = {}  # upload id -> its latest delivery's path
         self._waiting: "set[str]" = set()  # spooled here, behind an earlier one
+        #: deliveries waiting to be retried here: path -> attempt, why the
+        #: last one failed, when the next is due (for the admin view)
+        self.failing: Dict[str, Dict[str, Any]] = {}
 
     # -- life cycle ----------------------------------------------------------
 
@@ -184,6 +226,7 @@ class HookSender(Service):
 
     def _overHere(self, path: str) -> None:
         """This process is done with the delivery: the next of its upload may go."""
+        self.failing.pop(path, None)
         over = self._over.pop(path, None)
         if over is not None:
             over.fire(None)
@@ -250,13 +293,7 @@ class HookSender(Service):
     # -- post-* events (spooled, retried) -------------------------------------
 
     def _onEvent(self, event: str, record: UploadRecord) -> None:
-        for endpoint in self._endpoints(event):
-            delivery = f"{time.time():.6f}-{secrets.token_hex(6)}"
-            body = json.dumps({"event": event, "upload": describe(self.store, record),
-                               "time": time.time()}).encode("utf-8")
-            entry = {"url": endpoint.url, "event": event, "delivery": delivery,
-                     "body": body.decode("utf-8")}
-            path = os.path.join(self.spool, delivery + ".json")
+        for path, entry in deliveries(self.config, self.store, event, record):
             earlier = self._over.get(self._latest.get(record.id, ""))
             self._latest[record.id] = path
             over = self._over[path] = OneShotResult()
@@ -341,6 +378,23 @@ class HookSender(Service):
         self.log.warn("hook delivery {name} failed ({why}); retry in {delay:.0f}s",
                       name=os.path.basename(path), why=why, delay=delay)
         self._retries[path] = self.reactor.callLater(delay, self._send, path, attempt + 1)
+        self.failing[path] = {"attempt": attempt + 1, "error": why, "retryAt": time.time() + delay}
+
+    def retryNow(self, name: str) -> bool:
+        """
+        Send the spooled delivery C{name} now instead of at its next retry
+        (the operator's "retry now").
+
+        @return: whether it was waiting for a retry here (another process
+            may hold it, or it is being sent, or it was delivered).
+        """
+        path = os.path.join(self.spool, name)
+        call = self._retries.get(path)
+        if os.path.basename(path) != name or call is None or not call.active():
+            return False
+        call.cancel()
+        self._send(path, self.failing.get(path, {}).get("attempt", 1))
+        return True
 
 
 def _after(_: Any, earlier: "OneShotResult[None]") -> "Deferred[None]":

@@ -23,7 +23,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chunkd.config import Config
-from chunkd.store import ACTIVE, COMPLETE, EXPIRED, TERMINATED, UploadRecord, UploadStore, isUploadId
+from chunkd.store import (
+    ACTIVE,
+    COMPLETE,
+    EXPIRED,
+    TERMINATED,
+    UploadRecord,
+    UploadStore,
+    expiryDeadline,
+    isUploadId,
+)
 
 
 @dataclass
@@ -52,6 +61,8 @@ class Janitor(Service):
         self.config = config
         self.reactor = reactor
         self.lastReport: Optional[SweepReport] = None
+        #: when the last sweep ended (epoch seconds), for the admin view
+        self.lastSweepAt: Optional[float] = None
         self.onReport: Optional[Callable[[SweepReport], None]] = None
         self._loop: Optional[LoopingCall] = None
         self._sweeping: Optional[Deferred[Any]] = None
@@ -92,6 +103,7 @@ class Janitor(Service):
 
         def done(report: SweepReport) -> None:
             self.lastReport = report
+            self.lastSweepAt = time.time()
             if self.onReport is not None:
                 self.onReport(report)
             if report.expired or report.forgotten or report.orphans or report.removedCompleted or report.errors:
@@ -140,14 +152,7 @@ class Janitor(Service):
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except FileNotFoundError:
             return
-        if age < janitor.orphan_after:
-            return
-        if name.endswith(".tmp"):
-            pass  # a record write that never finished
-        elif name.endswith(".data") or name.endswith(".json.lock"):
-            if not isUploadId(stem) or os.path.exists(os.path.join(self.store.uploads, stem + ".json")):
-                return
-        else:
+        if age < janitor.orphan_after or self.store.stray(name) is None:
             return
         os.unlink(entry.path)
         report.orphans += 1
@@ -155,9 +160,7 @@ class Janitor(Service):
     def _sweepRecord(self, record: UploadRecord, now: float, report: SweepReport) -> None:
         janitor = self.config.janitor
         if record.state == ACTIVE:
-            deadline = record.expires
-            if deadline is None and janitor.expire_after:
-                deadline = record.updated + janitor.expire_after
+            deadline = expiryDeadline(record, janitor.expire_after)
             if deadline is None or now < deadline:
                 report.active += 1
                 return
@@ -171,24 +174,17 @@ class Janitor(Service):
                 self._underLock(record.id, report, lambda r: self._removeCompleted(record, r))
 
     def _underLock(self, uploadId: str, report: SweepReport, action: Callable[[SweepReport], None]) -> None:
-        fd = self.store.tryLock(uploadId)
-        if fd is None:
-            if os.path.exists(self.store.dataPath(uploadId)):
+        with self.store.exclusively(uploadId) as held:
+            if not held:
                 report.busy += 1  # being written: leave it alone
                 return
-            action(report)  # no data file at all: nothing to protect
-            return
-        try:
             action(report)
-        finally:
-            os.close(fd)
 
     def _expire(self, uploadId: str, now: float, report: SweepReport) -> None:
         # Re-read under the lock: a write may have refreshed it meanwhile.
         record = self.store.get(uploadId)
-        deadline = record.expires if record.expires is not None else (
-            record.updated + self.config.janitor.expire_after)
-        if record.state == ACTIVE and now >= deadline:
+        deadline = expiryDeadline(record, self.config.janitor.expire_after)
+        if record.state == ACTIVE and deadline is not None and now >= deadline:
             # Another process's janitor may have got there first.
             if self.store.terminate(uploadId, state=EXPIRED):
                 report.expired += 1

@@ -57,6 +57,7 @@ import os
 import re
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -491,6 +492,24 @@ class UploadStore:
             return None
         return fd
 
+    @contextmanager
+    def exclusively(self, uploadId: str) -> Iterator[bool]:
+        """
+        Hold an upload's exclusive lock for the block, if nobody else holds
+        it: yields C{True} then (or when it has no data file at all: there
+        is nothing to protect), C{False} when it is busy -- being written,
+        however slowly, so it must be left alone.  Blocking: the janitor
+        and the operator's tools (L{chunkd.inventory}) use it.
+        """
+        fd = self.tryLock(uploadId)
+        if fd is None:
+            yield not os.path.exists(self.dataPath(uploadId))
+            return
+        try:
+            yield True
+        finally:
+            os.close(fd)
+
     def openShared(self, uploadId: str) -> OpenUpload:
         """
         Open an upload for writing alongside other writers (Resumable.js
@@ -602,15 +621,8 @@ class UploadStore:
 
     def reconcile(self, stopping: Callable[[], bool] = lambda: False) -> Dict[str, int]:
         """
-        Check every record against its data file: an active record whose
-        data is missing becomes a tombstone; a recorded offset beyond the
-        data file (impossible unless files were tampered with) is pulled
-        back to what the file holds.  Blocking: run it in the disk pool.
-
-        Other processes may be serving this directory meanwhile, so an
-        upload is corrected only under its own lock, and one that somebody
-        holds -- it is being written, so it is alive -- is left alone;
-        every correction re-reads the record under the record lock.
+        Check every record against its data file (L{reconcileOne}).
+        Blocking: run it in the disk pool.
 
         @param stopping: asked between records; C{True} ends the pass.
         @return: counts for the log.
@@ -621,48 +633,99 @@ class UploadStore:
                 break
             counts["records"] += 1
             try:
-                self._reconcileOne(record, counts)
+                outcome = self.reconcileOne(record)
             except UploadError:
                 continue  # gone meanwhile
+            if outcome is not None:
+                counts[outcome] += 1
         return counts
 
-    def _reconcileOne(self, record: UploadRecord, counts: Dict[str, int]) -> None:
+    def reconcileOne(self, record: UploadRecord) -> Optional[str]:
+        """
+        Correct one record against its data file: an active record whose
+        data is missing becomes a tombstone (C{"missing"}); a recorded
+        offset beyond the data file (impossible unless files were tampered
+        with) is pulled back to what the file holds (C{"truncated"}).
+        Blocking: start-up reconciliation and C{chunkctl fsck --repair}
+        (L{chunkd.inventory}) both call it.
+
+        Other processes may be serving this directory meanwhile, so an
+        upload is corrected only under its own lock, and one that somebody
+        holds -- it is being written, so it is alive -- is left alone
+        (C{"busy"}); every correction re-reads the record under the record
+        lock.
+
+        @return: what was done, or C{None} when nothing needed doing.
+        """
         if record.state not in (ACTIVE, COMPLETE):
-            return
+            return None
         if record.published is not None or record.publishing is not None:
-            return  # its data moved (or is moving) to the completed-files area
+            return None  # its data moved (or is moving) to the completed-files area
         uploadId = record.id
         dataPath = self.dataPath(uploadId)
         try:
             if record.offset <= os.stat(dataPath).st_size:
-                return  # the usual case: nothing to correct, no lock needed
+                return None  # the usual case: nothing to correct, no lock needed
         except FileNotFoundError:
             pass
+        done: List[str] = []
         fd = self.tryLock(uploadId)
         if fd is None:
             if os.path.exists(dataPath):
-                counts["busy"] += 1
-                return
+                return "busy"
 
             def expireIfStillMissing(r: UploadRecord) -> None:
                 if (r.state in (ACTIVE, COMPLETE) and r.published is None and r.publishing is None
                         and not os.path.exists(dataPath)):
                     r.state = EXPIRED
-                    counts["missing"] += 1
+                    done.append("missing")
 
             self._updateNow(uploadId, expireIfStillMissing)
-            return
+            return done[0] if done else None
         try:
             size = os.fstat(fd).st_size
             if record.offset <= size:
-                return
+                return None
 
             def pullBack(r: UploadRecord) -> None:
                 if r.offset > size:
                     r.offset = size
                     r.state = ACTIVE
-                    counts["truncated"] += 1
+                    done.append("truncated")
 
             self._updateNow(uploadId, pullBack)
+            return done[0] if done else None
         finally:
             os.close(fd)
+
+    def stray(self, name: str) -> Optional[str]:
+        """
+        What a file in C{uploads/} that belongs to no upload is: C{"temp"}
+        (a record write that never finished), C{"data"} or C{"lock"} (a
+        data or record-lock file whose record is gone), else C{None} (a
+        record, or a file of a live upload).  The janitor removes strays
+        once C{janitor.orphan_after} old; C{chunkctl fsck} reports them.
+        Blocking (one C{stat}).
+        """
+        stem = name.split(".", 1)[0]
+        if name.endswith(".tmp"):
+            return "temp"
+        for suffix, kind in ((".data", "data"), (".json.lock", "lock")):
+            if name == stem + suffix and isUploadId(stem):
+                if os.path.exists(os.path.join(self.uploads, stem + ".json")):
+                    return None
+                return kind
+        return None
+
+
+def expiryDeadline(record: UploadRecord, expireAfter: float) -> Optional[float]:
+    """
+    When an active upload expires: its announced C{expires}, else C{updated}
+    plus C{janitor.expire_after} (C{expireAfter}; 0 = never), else C{None}.
+    The janitor expires by it; the operator's views show it.
+    """
+    if record.expires is not None:
+        return record.expires
+    if expireAfter:
+        return record.updated + expireAfter
+    return None

@@ -79,6 +79,9 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
     hooks.setServiceParent(top)
     janitor = Janitor(store, config, reactor)
     janitor.setServiceParent(top)
+    if chunkd.admin is not None:
+        chunkd.admin.janitor = janitor
+        chunkd.admin.hooks = hooks
     if chunkd.metrics is not None:
         metrics = chunkd.metrics
         janitor.onReport = lambda report: metrics.setActive(report.active)

@@ -44,6 +44,7 @@ from chunkd.errors import (
     noSuchUpload,
 )
 from chunkd.hashes import sha256OfFile
+from chunkd.live import LiveUploads, Streaming
 from chunkd.once import OneShotResult, SharedWork
 from chunkd.publish import Publisher
 from chunkd.sinks import BodyOutcome, FileSink
@@ -129,6 +130,8 @@ class UploadService:
         self.hashes = publisher.hashes
         self.activeUploads = ActiveUploads(store)
         self._hashing: SharedWork[str] = SharedWork()
+        #: the bodies streaming now, for the admin view (set by the app)
+        self.live: Optional[LiveUploads] = None
 
     def reconfigure(self, config: Config) -> None:
         """Limits, expiry and disk tuning apply to the next request."""
@@ -375,7 +378,7 @@ class UploadService:
     # -- the write pipeline ---------------------------------------------------------
 
     def write(self, upload: OpenUpload, plan: WritePlan, producer: Optional[IPushProducer],
-              bodyLength: Optional[int]) -> FileSink:
+              bodyLength: Optional[int], request: Any = None) -> FileSink:
         """
         The sink that streams one body into C{upload} (which the caller
         opened and this now owns: it is released when the body is dealt
@@ -384,6 +387,8 @@ class UploadService:
 
         @param producer: the transport to pause while the disk lags.
         @param bodyLength: the body's declared length, if any.
+        @param request: the request whose body this is, for the operator's
+            live view (L{live}: its client, asked only when looked at).
         """
         try:
             if plan.limit is not None and bodyLength is not None and bodyLength > plan.limit:
@@ -409,15 +414,23 @@ class UploadService:
             upload.close()
             raise
 
+        streaming: List[Streaming] = []
+
         def finish(outcome: BodyOutcome) -> "Deferred[UploadRecord]":
             # The last checkpoint, if one is under way, settles first: offsets
             # are recorded in order, and the upload stays open until then.
             settled = checkpoints.settled() if checkpoints is not None else succeed(None)
             d = settled.addCallback(lambda _: Deferred.fromCoroutine(
                 self._record(upload, plan, outcome, running)))
-            return d.addBoth(releasing, upload)
+            d.addBoth(releasing, upload)
+            if streaming and self.live is not None:
+                d.addBoth(_unregister, self.live, streaming[0], outcome)
+            return d
 
-        return FileSink(writer, plan.limit, finish)
+        sink = FileSink(writer, plan.limit, finish)
+        if self.live is not None:
+            streaming.append(self.live.started(upload.record, plan.offset, sink, request))
+        return sink
 
     async def _record(self, upload: OpenUpload, plan: WritePlan, outcome: BodyOutcome,
                       running: Any) -> UploadRecord:
@@ -493,6 +506,18 @@ class OffsetCheckpoints:
         if self._settled is None:
             self._settled = OneShotResult()
         return self._settled.whenFired()
+
+
+def _unregister(result: Any, live: LiveUploads, entry: Streaming, outcome: BodyOutcome) -> Any:
+    """A callback: the body is over; tell the live view how it went."""
+    error = None
+    if isinstance(result, Failure):
+        value = result.value
+        error = value.reason if isinstance(value, UploadError) else result.getErrorMessage()
+    elif not outcome.complete:
+        error = f"cut off after {outcome.written} bytes"
+    live.ended(entry, error)
+    return result
 
 
 def releasing(result: Any, upload: OpenUpload) -> Any:

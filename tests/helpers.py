@@ -567,6 +567,16 @@ class Daemon:
         self.log.close()
 
 
+def tusCreate(daemon: Daemon, length: int, extra: bytes = b"") -> str:
+    """Create a tus upload of C{length} bytes on C{daemon}: its id."""
+    answer = daemon.request(
+        b"POST /files/ HTTP/1.1\r\nHost: h\r\nTus-Resumable: 1.0.0\r\nUpload-Length: %d\r\n"
+        b"Content-Length: 0\r\n%s\r\n" % (length, extra))
+    assert answer.startswith(b"HTTP/1.1 201"), answer
+    location = [l for l in answer.split(b"\r\n") if l.lower().startswith(b"location:")][0]
+    return location.split(b"/")[-1].strip().decode()
+
+
 def readResponse(s: socket.socket) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data:

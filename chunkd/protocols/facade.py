@@ -273,7 +273,7 @@ class FacadeProtocol:
             # A multipart body is larger than its chunk: only the raw one
             # can be refused by its Content-Length.
             fileSink = self.uploads.write(upload, plan, request.bodyProducer,
-                                          request.bodyLength if multipart is None else None)
+                                          request.bodyLength if multipart is None else None, request)
         except BaseException:
             upload.close()
             raise

@@ -295,7 +295,7 @@ class IetfProtocol:
             except BaseException:
                 upload.close()
                 raise
-            sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
+            sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength, request)
             return MappedSink(sink, lambda written: self._afterCompletion(written, location, wanted),
                           _digestMismatch)
 
@@ -360,7 +360,7 @@ class IetfProtocol:
             upload.close()
             raise
         location = self.location(request, record.id)
-        sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
+        sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength, request)
         return MappedSink(sink, lambda written: self._afterCompletion(written, location, wanted),
                           _digestMismatch)
 

@@ -512,7 +512,7 @@ class ChunkProtocol:
         )
         # The body may be multipart, larger than its chunk: the chunk's own
         # size was checked against an octet body's length already.
-        sink = self.uploads.write(upload, plan, request.bodyProducer, None)
+        sink = self.uploads.write(upload, plan, request.bodyProducer, None, request)
         return MappedSink(sink, lambda record: Deferred.fromCoroutine(self._afterChunk(record, chunk)))
 
     async def _afterChunk(self, record: UploadRecord, chunk: ChunkRequest) -> ChunkAnswer:

@@ -131,7 +131,7 @@ class TusProtocol:
         except BaseException:
             upload.close()
             raise
-        return self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
+        return self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength, request)
 
     def _plan(self, request: StreamingRequest, record: UploadRecord, offset: int,
               newLength: Optional[int], checksum: Optional[Checksum]) -> WritePlan:
@@ -238,7 +238,7 @@ class TusProtocol:
             except BaseException:
                 upload.close()
                 raise
-            sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength)
+            sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength, request)
 
             def discardRefused(failure: Failure) -> Any:
                 # The body was refused (a checksum mismatch, a chunked body
