@@ -41,7 +41,11 @@ class DiskService(Service):
     The thread pool that does chunkd's file I/O.
 
     @ivar pwritev: the function that writes a batch; tests replace it with
-        a slow one to show that queues stay bounded.
+        a slow one to show that queues stay bounded, or a failing one.
+    @ivar fdatasync: the function that makes an upload's written bytes
+        durable before they are recorded (L{chunkd.store.UploadStore.commit});
+        tests replace it with a failing one.  Together these are the OS
+        calls an upload's bytes go through: the seam for injected faults.
     """
 
     name = "disk"
@@ -54,6 +58,7 @@ class DiskService(Service):
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="chunkd-disk")
         self.pwritev: Callable[[int, Sequence[Any], int], int] = os.pwritev
+        self.fdatasync: Callable[[int], None] = os.fdatasync
         self.outstanding = 0
         self._drained: Optional[OneShotResult[None]] = None
 
@@ -274,6 +279,7 @@ class OffsetWriter:
 
     def _batchFailed(self, failure: Failure) -> None:
         self._inFlight = False
+        assert failure.value is not None
         self._failed(failure.value)
 
     def _failed(self, error: BaseException) -> None:
