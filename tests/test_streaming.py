@@ -124,12 +124,18 @@ class FullDiskTests(TusTestCase):
         self.assertEqual(r.code, 201)
 
     @defer.inlineCallbacks
-    def test_deferredUploadHittingFullDiskIs507AndClaimsNothing(self) -> Any:
+    def test_deferredUploadHittingFullDiskIs507AndKeepsWhatLanded(self) -> Any:
+        """
+        (Every protocol's full disk, and resuming after it: tests/test_faults.py.)
+        """
+        data = randomBytes(6 * 1024 * 1024)
         uploadId = yield self.createId(None, {"Upload-Defer-Length": "1"})
-        r = yield self.patch(uploadId, 0, b"z" * (6 * 1024 * 1024))
+        r = yield self.patch(uploadId, 0, data)
         self.assertEqual(r.code, 507)
         r = yield self.head(uploadId)
-        self.assertEqual(h(r, "upload-offset"), "0")
+        offset = int(h(r, "upload-offset"))
+        self.assertGreater(offset, 0)
+        self.assertEqual(self.dataOf(uploadId)[:offset], data[:offset])
 
 
 class CheckpointTests(TusTestCase):
