@@ -283,7 +283,8 @@ class UploadService:
             every = self.config.storage.checkpoint_every
             if plan.checkpoints and every and bodyLength is not None and plan.checksum is None:
                 checkpoints = OffsetCheckpoints(
-                    lambda written: self.store.commit(upload, plan.recorded(plan.offset + written)), every)
+                    lambda written: self.store.commit(upload, plan.recorded(plan.offset + written)), every,
+                    bodyLength)
                 writer.progress = checkpoints.written
         except BaseException:
             upload.close()
@@ -382,20 +383,23 @@ class OffsetCheckpoints:
     bytes that reached the file, so a crash in the middle of a
     multi-gigabyte body loses at most that much of it.  One checkpoint at
     a time: one that comes due while another is under way waits for the
-    next batch.
+    next batch.  The body's last bytes are never a checkpoint's: the
+    body's own record takes them (a checkpoint there could complete the
+    upload, and the body's record would find it moved on).
     """
 
     log = Logger()
 
-    def __init__(self, commit: Callable[[int], "Deferred[Any]"], every: int) -> None:
+    def __init__(self, commit: Callable[[int], "Deferred[Any]"], every: int, bodyLength: int) -> None:
         self.commit = commit
         self.every = every
+        self.bodyLength = bodyLength
         self.recorded = 0
         self.running: Optional[Deferred[Any]] = None
         self._settled: Optional[OneShotResult[None]] = None
 
     def written(self, written: int) -> None:
-        if self.running is not None or written - self.recorded < self.every:
+        if self.running is not None or written - self.recorded < self.every or written >= self.bodyLength:
             return
         self.recorded = written
         self.running = self.commit(written)
