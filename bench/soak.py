@@ -569,6 +569,23 @@ class Soak:
         self.ledger = Ledger()
         self.stopping = threading.Event()
         self.finishing = False
+        self.reverified = 0
+
+    def verifyAndRemove(self, files: List[Tuple[str, str, str]]) -> None:
+        """
+        Read again files that completed before the last kill: each must
+        have survived it as it was.  Then remove them (with their
+        sidecars), so that hundreds of cycles do not fill the disk.
+        """
+        for protocol, path, digest in files:
+            if not os.path.exists(path) or fileSha(path) != digest:
+                self.ledger.violation("corrupt", f"after a restart, {path} ({protocol}) is not what completed")
+            for leftover in (path, path + ".json"):
+                try:
+                    os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
+            self.reverified += 1
 
     def run(self) -> Dict[str, Any]:
         args = self.args
@@ -585,7 +602,10 @@ class Soak:
         for cycle in range(args.cycles):
             if self.stopping.is_set():
                 break
-            time.sleep(self.rng.uniform(args.min_run, args.max_run))
+            quiet = args.quiet_every and (cycle + 1) % args.quiet_every == 0
+            time.sleep(args.quiet_run if quiet else self.rng.uniform(args.min_run, args.max_run))
+            with self.ledger.lock:
+                survivors, self.ledger.files = self.ledger.files, []
             self.daemon.kill()
             kills += 1
             # Now and then the next kill lands while chunkd starts (reconciling).
@@ -596,6 +616,7 @@ class Soak:
                 self.daemon.kill()
                 kills += 1
                 self.daemon.start()
+            self.verifyAndRemove(survivors)
             if (cycle + 1) % 25 == 0:
                 print(f"[{time.strftime('%H:%M:%S')}] {cycle + 1} cycles, {kills} kills, "
                       f"completed {self.ledger.completed}", flush=True)
@@ -605,10 +626,10 @@ class Soak:
         for t in threads:
             t.join(timeout=600)
         hung = [t.name for t in threads if t.is_alive()]
-        # After the last restart: every completed file, read again.
-        for protocol, path, digest in self.ledger.files:
-            if not os.path.exists(path) or fileSha(path) != digest:
-                self.ledger.violation("corrupt", f"at the end, {path} ({protocol}) is not what completed")
+        # Every completed file not yet checked again (since the last restart).
+        with self.ledger.lock:
+            rest, self.ledger.files = self.ledger.files, []
+        self.verifyAndRemove(rest)
         self.daemon.stop()
         logText = self.daemon.logText()
         summary = {
@@ -623,6 +644,7 @@ class Soak:
             "completed": dict(self.ledger.completed),
             "completedTotal": sum(self.ledger.completed.values()),
             "checks": self.ledger.checks,
+            "completedFilesCheckedAfterARestart": self.reverified,
             "resumed": dict(self.ledger.resumed),
             "retries": self.ledger.retries,
             "statuses": {str(k): v for k, v in sorted(self.ledger.statuses.items())},
@@ -648,6 +670,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--max-size", default="24MiB", help="largest upload")
     parser.add_argument("--min-run", type=float, default=0.3, help="shortest run between kills, seconds")
     parser.add_argument("--max-run", type=float, default=2.5, help="longest run between kills, seconds")
+    parser.add_argument("--quiet-every", type=int, default=20,
+                        help="every this many cycles a longer run (0: never); see --quiet-run")
+    parser.add_argument("--quiet-run", type=float, default=12.0,
+                        help="the longer run, seconds: longer than the 10 s chunkd waits before it "
+                             "removes the data file of a Resumable.js upload whose creation a kill cut")
     parser.add_argument("--workdir", default=None, help="where the storage goes (a temporary directory in it)")
     parser.add_argument("--keep", action="store_true", help="keep the storage and log")
     parser.add_argument("--json", default=None, help="write the summary here too")
