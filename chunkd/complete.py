@@ -16,6 +16,7 @@ collision gets a numbered name instead.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -63,39 +64,48 @@ class CompletedFiles:
         sanitized), or C{name (1)}, C{name (2)}, ... if taken, and write its
         sidecar.  Blocking: call it in the disk pool.
 
+        The sidecar is written first under a temporary name that says whose
+        it is (the upload's id and the file's inode), then the file moves,
+        then the sidecar takes its name.  A process killed between the move
+        and that rename leaves everything the next request needs to finish
+        the job (L{findPublished}).
+
         @return: the path the file now has.
         """
         stem, dot, ext = name.rpartition(".")
         if not dot or not stem:
             stem, ext = name, ""
+        inode = os.stat(source).st_ino
         for n in range(10000):
             candidate = name if n == 0 else f"{stem} ({n}){'.' + ext if ext else ''}"
             target = os.path.join(self.directory, candidate)
             if os.path.lexists(target + ".json"):
                 continue  # that name's sidecar slot holds another file
+            temp = self._pendingSidecar(candidate, str(info.get("id", "")), inode)
+            _writeJSON(temp, dict(info, path=target, name=candidate), durable)
             try:
                 # link() fails if the name exists: never overwrites, unlike rename().
                 os.link(source, target)
             except FileExistsError:
                 if not os.path.samefile(source, target):
+                    os.unlink(temp)
                     continue
                 # Our own link, from a publication cut short before it
                 # removed the source: take it up where it stopped.
+            except BaseException:
+                os.unlink(temp)
+                raise
             os.unlink(source)
             break
         else:
             raise OSError("no free name for the completed file")
-        sidecar = dict(info, path=target, name=os.path.basename(target))
-        # A leading dot: no published name can have one (sanitizeFilename
-        # strips them), so the temporary file never lands on a published one.
-        temp = os.path.join(self.directory, f".{os.path.basename(target)}.json.{os.getpid()}.tmp")
-        with open(temp, "w", encoding="utf-8") as f:
-            json.dump(sidecar, f, sort_keys=True)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
         os.replace(temp, target + ".json")
         return target
+
+    def _pendingSidecar(self, candidate: str, uploadId: str, inode: int) -> str:
+        # A leading dot: no published name can have one (sanitizeFilename
+        # strips them), so the temporary file never lands on a published one.
+        return os.path.join(self.directory, f".{candidate}.json.{uploadId}-{inode}.tmp")
 
     def findPublished(self, name: str, uploadId: str, created: float) -> Optional[Tuple[str, Dict[str, Any]]]:
         """
@@ -104,18 +114,70 @@ class CompletedFiles:
         whose record was not updated.  C{created} tells this upload from an
         earlier one with the same id (a chunked upload's id derives from
         the client's identifier).  Blocking: call it in the disk pool.
+
+        A publication whose file moved but whose sidecar never took its
+        name (its process was killed) is finished here, from the pending
+        sidecar, if nobody is publishing it any more: the file still
+        carries the upload's lock while its publisher lives.
         """
         stem = name.rpartition(".")[0] or name
-        for entry in os.listdir(self.directory):
+        entries = os.listdir(self.directory)
+        for entry in entries:
             if not entry.endswith(".json") or not entry.startswith(stem):
                 continue
-            try:
-                with open(os.path.join(self.directory, entry), encoding="utf-8") as f:
-                    info = json.load(f)
-            except (OSError, ValueError):
-                continue
+            info = _readJSON(os.path.join(self.directory, entry))
             path = os.path.join(self.directory, entry[: -len(".json")])
             if (isinstance(info, dict) and info.get("id") == uploadId
                     and info.get("created") == created and os.path.exists(path)):
                 return path, info
+        for entry in entries:
+            pending = _PENDING.match(entry)
+            if pending is None or pending["id"] != uploadId or not pending["name"].startswith(stem):
+                continue
+            found = self._finishPending(entry, pending["name"], int(pending["inode"]), uploadId, created)
+            if found is not None:
+                return found
+        return None
+
+    def _finishPending(self, entry: str, candidate: str, inode: int, uploadId: str,
+                       created: float) -> Optional[Tuple[str, Dict[str, Any]]]:
+        temp = os.path.join(self.directory, entry)
+        target = os.path.join(self.directory, candidate)
+        info = _readJSON(temp)
+        if not (isinstance(info, dict) and info.get("id") == uploadId and info.get("created") == created):
+            return None
+        try:
+            fd = os.open(target, os.O_RDONLY)
+        except FileNotFoundError:
+            return None  # killed before the move: the upload still has its data
+        try:
+            if os.fstat(fd).st_ino != inode:
+                return None  # another upload's file took the name
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None  # its publisher is alive and finishes it
+            os.replace(temp, target + ".json")
+            return target, info
+        finally:
+            os.close(fd)
+
+
+#: a sidecar written before its file moved: C{.<name>.json.<upload id>-<inode>.tmp}
+_PENDING = re.compile(r"^\.(?P<name>.+)\.json\.(?P<id>[0-9a-zA-Z]*)-(?P<inode>[0-9]+)\.tmp\Z")
+
+
+def _writeJSON(path: str, value: Dict[str, Any], durable: bool) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, sort_keys=True)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _readJSON(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
         return None

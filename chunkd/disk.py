@@ -20,7 +20,7 @@ producer to pause when its queue passes the high-water mark.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -41,7 +41,11 @@ class DiskService(Service):
     The thread pool that does chunkd's file I/O.
 
     @ivar pwritev: the function that writes a batch; tests replace it with
-        a slow one to show that queues stay bounded.
+        a slow one to show that queues stay bounded, or a failing one.
+    @ivar fdatasync: the function that makes an upload's written bytes
+        durable before they are recorded (L{chunkd.store.UploadStore.commit});
+        tests replace it with a failing one.  Together these are the OS
+        calls an upload's bytes go through: the seam for injected faults.
     """
 
     name = "disk"
@@ -54,6 +58,7 @@ class DiskService(Service):
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="chunkd-disk")
         self.pwritev: Callable[[int, Sequence[Any], int], int] = os.pwritev
+        self.fdatasync: Callable[[int], None] = os.fdatasync
         self.outstanding = 0
         self._drained: Optional[OneShotResult[None]] = None
 
@@ -131,7 +136,8 @@ class OffsetWriter:
     disk pool, pausing C{producer} while more than C{highWater} bytes wait.
 
     @ivar written: bytes known to be in the file (not yet necessarily
-        flushed to stable storage).
+        flushed to stable storage) -- after an error too: those of the
+        failed batch that landed before it count.
     @ivar queued: bytes accepted but not yet written.
     @ivar peakQueued: the most bytes that ever waited (for tests and
         benchmarks: it shows flow control works).
@@ -225,27 +231,46 @@ class OffsetWriter:
         d = self._disk.run(self._writeBatch, batch, offset)
         d.addCallbacks(self._batchWritten, self._batchFailed, callbackArgs=(size,))
 
-    def _writeBatch(self, batch: List[Any], offset: int) -> None:
+    def _writeBatch(self, batch: List[Any], offset: int) -> Tuple[int, Optional[OSError]]:
         # Runs in the disk pool.  A short write is resumed, never ignored.
+        # A write that fails after some bytes of the batch landed (a disk
+        # filling up) reports them with the error: they are in the file,
+        # and the caller may record them once they are durable, so the
+        # digests see exactly them too.
         pwritev = self._disk.pwritev
         remaining = [memoryview(b) for b in batch]
-        while remaining:
-            n = pwritev(self._fd, remaining, offset)
-            if n <= 0:
-                raise OSError("pwritev wrote nothing")
-            offset += n
-            while remaining and n >= len(remaining[0]):
-                n -= len(remaining[0])
-                remaining.pop(0)
-            if n:
-                remaining[0] = remaining[0][n:]
+        done = 0
+        error: Optional[OSError] = None
+        try:
+            while remaining:
+                n = pwritev(self._fd, remaining, offset)
+                if n <= 0:
+                    raise OSError("pwritev wrote nothing")
+                offset += n
+                done += n
+                while remaining and n >= len(remaining[0]):
+                    n -= len(remaining[0])
+                    remaining.pop(0)
+                if n:
+                    remaining[0] = remaining[0][n:]
+        except OSError as e:
+            error = e
         for digest in self._digests:
+            left = done
             for b in batch:
-                digest.update(b)
+                if left <= 0:
+                    break
+                digest.update(b if len(b) <= left else memoryview(b)[:left])
+                left -= len(b)
+        return done, error
 
-    def _batchWritten(self, _: None, size: int) -> None:
+    def _batchWritten(self, result: Tuple[int, Optional[OSError]], size: int) -> None:
+        done, error = result
         self._inFlight = False
-        self.written += size
+        self.written += done
+        if error is not None:
+            self._failed(error)
+            return
         self.queued -= size
         self._disk.queued -= size
         if self.progress is not None:
@@ -254,8 +279,13 @@ class OffsetWriter:
 
     def _batchFailed(self, failure: Failure) -> None:
         self._inFlight = False
-        self.error = failure.value
-        # Nothing more will be written: forget the queue.
+        assert failure.value is not None
+        self._failed(failure.value)
+
+    def _failed(self, error: BaseException) -> None:
+        self.error = error
+        # Nothing more will be written: forget the queue (the batch that
+        # failed is still counted in it).
         self._pending = []
         self._pendingSize = 0
         self._disk.queued -= self.queued

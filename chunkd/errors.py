@@ -198,6 +198,8 @@ def diskError(error: BaseException, doing: str = "storing the upload") -> Upload
         return error
     if isinstance(error, OSError) and error.errno in LOST_LOCK:
         return ServiceUnavailable("the storage is unreachable; try again")
+    if isinstance(error, OSError) and error.errno == errno.EDQUOT:
+        return InsufficientStorage("the storage quota is exhausted")
     if isinstance(error, OSError) and error.errno in NO_SPACE:
         return InsufficientStorage("the disk is full")
     if isinstance(error, OSError) and error.errno == errno.EXDEV:

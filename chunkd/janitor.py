@@ -2,6 +2,9 @@
 The janitor: expires abandoned uploads, forgets old tombstones, optionally
 removes old completed uploads, and clears orphans.
 
+Each sweep also restores the store's space reserve if a full disk drew on
+it (L{chunkd.store.RESERVE_SIZE}).
+
 A sweep reads every record, so with many uploads it is bulk disk work: it
 runs in the disk pool, never on the reactor thread, and a C{LoopingCall}
 starts one every C{janitor.interval}.  An upload is only ever removed while
@@ -23,6 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chunkd.config import Config
+from chunkd.errors import NO_SPACE
 from chunkd.store import (
     ACTIVE,
     COMPLETE,
@@ -130,6 +134,12 @@ class Janitor(Service):
     def _sweepNow(self, now: float) -> SweepReport:
         report = SweepReport()
         started = time.monotonic()
+        try:
+            self.store.keepReserve()
+        except OSError as e:
+            # Still full: the next sweep (or creation) tries again.
+            if e.errno not in NO_SPACE:
+                self.log.warn("janitor could not restore the space reserve: {error}", error=str(e))
         directory = self.store.uploads
         with os.scandir(directory) as entries:
             for entry in entries:

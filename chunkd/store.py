@@ -101,6 +101,15 @@ _STALE_RETRIES = 5
 #: the record format written now; older records are upgraded on load.
 RECORD_SCHEMA = 2
 
+#: Space kept aside, in C{<storage>/uploads/reserve}, for recording what
+#: reached the disk once it is full.  A record is replaced by writing a new
+#: file, which needs a block of its own: without the reserve, a body that
+#: filled the disk could not even record its offset.  A record update that
+#: finds the disk full releases it a step at a time; creating an upload (and
+#: each janitor sweep) restores it first.
+RESERVE_SIZE = 1024 * 1024
+RESERVE_STEP = 64 * 1024
+
 
 @dataclass
 class Publication:
@@ -269,6 +278,7 @@ class UploadStore:
         self.durable = durable
         self.clock = clock
         self.events = UploadEvents()
+        self.reservePath = os.path.join(self.uploads, "reserve")
         os.makedirs(self.uploads, exist_ok=True)
 
     def _emit(self, event: str, record: UploadRecord) -> None:
@@ -337,7 +347,7 @@ class UploadStore:
             raise UploadGone("upload expired")
         return record
 
-    def save(self, record: UploadRecord, durable: Optional[bool] = None) -> None:
+    def save(self, record: UploadRecord, durable: Optional[bool] = None, reserve: bool = True) -> None:
         """
         Replace the record atomically: a reader sees the old or the new one,
         never half of either.  With durability on, the new record reaches the
@@ -346,19 +356,80 @@ class UploadStore:
         @param durable: C{False} for records whose loss in a crash costs
             nothing (a tombstone: after a crash its upload has no data, and
             reconciliation marks it expired anyway).
+        @param reserve: on a full disk, draw on the space reserve
+            (L{RESERVE_SIZE}) to write it: an existing upload's record
+            must be able to say what reached the disk.  A new upload's
+            first record does not.
         """
         if durable is None:
             durable = self.durable
         path = self.recordPath(record.id)
-        temp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        data = record.toJSON()
+        while True:
+            temp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                try:
+                    os.write(fd, data)
+                    if durable:
+                        os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                break
+            except OSError as e:
+                try:
+                    os.unlink(temp)
+                except FileNotFoundError:
+                    pass
+                if not (reserve and e.errno in NO_SPACE and self._releaseReserve()):
+                    raise
+        os.replace(temp, path)
+
+    # -- the space reserve ---------------------------------------------------
+
+    def keepReserve(self) -> None:
+        """
+        Restore the space reserve to L{RESERVE_SIZE} if a full disk drew on
+        it (or it was never made).  Blocking: run it in the disk pool.
+
+        @raise OSError: no room for it (C{ENOSPC}); the reserve keeps what
+            it had.
+        """
+        fd = os.open(self.reservePath, os.O_WRONLY | os.O_CREAT, 0o640)
         try:
-            os.write(fd, record.toJSON())
-            if durable:
-                os.fdatasync(fd)
+            size = os.fstat(fd).st_size
+            if size >= RESERVE_SIZE:
+                return
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_SIZE)
+            except OSError as e:
+                os.ftruncate(fd, size)  # give back whatever was allocated
+                if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                    return  # a file system that cannot reserve: no reserve
+                raise
         finally:
             os.close(fd)
-        os.replace(temp, path)
+
+    def _releaseReserve(self) -> bool:
+        """
+        Free one step of the space reserve to a record that needs it.
+
+        @return: whether anything was freed (else the reserve is spent).
+        """
+        try:
+            fd = os.open(self.reservePath, os.O_WRONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            if not size:
+                return False
+            os.ftruncate(fd, max(0, size - RESERVE_STEP))
+        finally:
+            os.close(fd)
+        self.log.warn("the storage is full: {freed} bytes of the space reserve released to record an upload",
+                      freed=min(size, RESERVE_STEP))
+        return True
 
     def records(self) -> Iterator[UploadRecord]:
         """
@@ -377,6 +448,13 @@ class UploadStore:
         # Runs in the disk pool: posix_fallocate may have to write zeros on
         # file systems without native support.
         path = self.dataPath(record.id)
+        try:
+            # The space reserve comes back before a new upload takes space.
+            self.keepReserve()
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                raise InsufficientStorage("not enough disk space") from None
+            raise
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             if record.length:
@@ -393,7 +471,7 @@ class UploadStore:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
         os.close(fd)
         try:
-            self.save(record)
+            self.save(record, reserve=False)
         except OSError as e:
             os.unlink(path)
             if e.errno in NO_SPACE:
@@ -566,7 +644,7 @@ class UploadStore:
 
         def commitNow() -> UploadRecord:
             if self.durable:
-                os.fdatasync(upload.fd)
+                self.disk.fdatasync(upload.fd)
             upload.record = self._updateNow(upload.record.id, mutate)
             return upload.record
 

@@ -22,7 +22,7 @@ Publishing a finished upload is L{chunkd.publish.Publisher}'s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Union
 
 from twisted.internet.defer import Deferred, succeed
@@ -34,6 +34,7 @@ from chunkd.auth import ANONYMOUS, Principal
 from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.errors import (
+    NO_SPACE,
     ChecksumMismatch,
     Conflict,
     OffsetMismatch,
@@ -408,7 +409,7 @@ class UploadService:
                 progress = plan.progress
                 checkpoints = OffsetCheckpoints(
                     lambda written: self.store.commit(upload, plan.recorded(plan.offset + written)), every,
-                    None if progress is None else lambda written: progress(plan.offset + written))
+                    bodyLength, None if progress is None else lambda written: progress(plan.offset + written))
                 writer.progress = checkpoints.written
         except BaseException:
             upload.close()
@@ -436,11 +437,12 @@ class UploadService:
                       running: Any) -> UploadRecord:
         """
         Decide what a body that ended brought, and record it: nothing on
-        a disk error, an overflow, a failed check; else every byte that
-        landed (the policy for cut-off bodies is the protocol's C{verify}).
+        an overflow or a failed check; else every byte that landed (the
+        policy for cut-off bodies is the protocol's C{verify}).  A body the
+        disk stopped is answered by L{_recordStopped}.
         """
         if outcome.error is not None:
-            raise diskError(outcome.error, "writing the upload")
+            return await self._recordStopped(upload, plan, outcome, running)
         if outcome.overflow:
             raise plan.overflow
         if plan.verify is not None:
@@ -458,6 +460,55 @@ class UploadService:
             self.hashes.advance(record.id, running, newEnd)
         return record
 
+    async def _recordStopped(self, upload: OpenUpload, plan: WritePlan, outcome: BodyOutcome,
+                             running: Any) -> UploadRecord:
+        """
+        A write failed; the answer is always the disk's error, for this
+        request alone.
+
+        A full disk or quota (507): what reached the file before it is as
+        good as the bytes of a body cut off by its connection, so it is
+        recorded (after C{fdatasync}, by the commit) on the same policy --
+        the protocol's C{verify} and any checksum see a cut-off body, and a
+        body that counts whole or not at all (a Resumable.js chunk, a
+        checksummed PATCH) records nothing.  The client resumes from there
+        once space is freed instead of sending it all again.
+
+        Any other error (EIO, say): nothing is recorded; the device failed
+        under these bytes, and the client sends them again.
+        """
+        error = outcome.error
+        assert error is not None
+        answer = diskError(error, "writing the upload")
+        uploadId = upload.record.id
+        if not (isinstance(error, OSError) and error.errno in NO_SPACE):
+            self.log.error("writing upload {uploadId} failed: {error}", uploadId=uploadId, error=str(error))
+            raise answer
+        recorded = 0
+        if outcome.written and not outcome.overflow:
+            cut = replace(outcome, complete=False)
+            try:
+                if plan.verify is not None:
+                    checked = plan.verify(cut)
+                    if checked is not None:
+                        await checked
+                if plan.checksum is not None:
+                    plan.checksum.verify(cut)
+            except UploadError:
+                pass  # whole or nothing: nothing
+            else:
+                newEnd = plan.offset + outcome.written
+                try:
+                    record = await self.store.commit(upload, plan.recorded(newEnd))
+                except OSError as e:
+                    raise diskError(e, "recording the upload") from None
+                if running is not None:
+                    self.hashes.advance(record.id, running, newEnd)
+                recorded = outcome.written
+        self.log.warn("upload {uploadId}: {reason} after {written} bytes of the body; {recorded} recorded",
+                      uploadId=uploadId, reason=answer.reason, written=outcome.written, recorded=recorded)
+        raise answer
+
 
 class OffsetCheckpoints:
     """
@@ -465,22 +516,25 @@ class OffsetCheckpoints:
     bytes that reached the file, so a crash in the middle of a
     multi-gigabyte body loses at most that much of it.  One checkpoint at
     a time: one that comes due while another is under way waits for the
-    next batch.
+    next batch.  The body's last bytes are never a checkpoint's: the
+    body's own record takes them (a checkpoint there could complete the
+    upload, and the body's record would find it moved on).
     """
 
     log = Logger()
 
-    def __init__(self, commit: Callable[[int], "Deferred[Any]"], every: int,
+    def __init__(self, commit: Callable[[int], "Deferred[Any]"], every: int, bodyLength: int,
                  recorded: Optional[Callable[[int], None]] = None) -> None:
         self.commit = commit
         self.every = every
+        self.bodyLength = bodyLength
         self.onRecorded = recorded
         self.recorded = 0
         self.running: Optional[Deferred[Any]] = None
         self._settled: Optional[OneShotResult[None]] = None
 
     def written(self, written: int) -> None:
-        if self.running is not None or written - self.recorded < self.every:
+        if self.running is not None or written - self.recorded < self.every or written >= self.bodyLength:
             return
         self.recorded = written
         self.running = self.commit(written)
@@ -490,7 +544,10 @@ class OffsetCheckpoints:
         self.running = None
         if isinstance(result, Failure):
             # The body's final record still comes; this one only hurried it.
-            self.log.failure("recording a checkpoint", result)
+            if result.check(OSError, UploadError):
+                self.log.warn("recording a checkpoint failed: {error}", error=str(result.value))
+            else:
+                self.log.failure("recording a checkpoint", result)
         elif self.onRecorded is not None:
             try:
                 self.onRecorded(written)

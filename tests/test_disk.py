@@ -218,6 +218,34 @@ class ErrorTests(DiskTestCase):
         self.assertEqual(self.fileData(), self.PREFIX)
 
     @defer.inlineCallbacks
+    def test_bytesThatLandedBeforeTheDiskFilledCount(self) -> Any:
+        """
+        A disk fills in the middle of a batch: C{pwritev} writes part of it,
+        then fails.  The part in the file counts in L{OffsetWriter.written}
+        (the caller may record it) and the digests saw exactly that part.
+        """
+        room = [7]
+        real = self.disk.pwritev
+
+        def filling(fd: int, buffers: Sequence[Any], offset: int) -> int:
+            if not room[0]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            first = memoryview(buffers[0])[: room[0]]
+            room[0] -= len(first)
+            return real(fd, [first], offset)
+
+        self.disk.pwritev = filling
+        digest = hashlib.sha256()
+        w = self.writer(digests=[digest])
+        w.write(b"abcd")
+        w.write(b"efghij")
+        error = yield self.assertFailure(w.flush(), OSError)
+        self.assertEqual(error.errno, errno.ENOSPC)
+        self.assertEqual((w.written, w.queued, self.disk.queued), (7, 0, 0))
+        self.assertEqual(self.fileData(), self.PREFIX + b"abcdefg")
+        self.assertEqual(digest.hexdigest(), hashlib.sha256(b"abcdefg").hexdigest())
+
+    @defer.inlineCallbacks
     def test_errorResumesAPausedProducer(self) -> Any:
         self.failingDisk()
         self.hold()

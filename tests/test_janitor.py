@@ -117,6 +117,20 @@ class JanitorTests(TusTestCase):
         self.assertFalse(os.path.exists(orphan) or os.path.exists(temp))
 
     @defer.inlineCallbacks
+    def test_aSweepRestoresTheSpaceReserve(self) -> Any:
+        """
+        A full disk drew on the reserve (chunkd.store.RESERVE_SIZE); once
+        there is room again, the next sweep makes it whole.
+        """
+        from chunkd.store import RESERVE_SIZE
+
+        yield self.createId(10)
+        os.truncate(self.store.reservePath, 0)
+        yield self.janitor.sweep()
+        self.assertEqual(os.path.getsize(self.store.reservePath), RESERVE_SIZE)
+        self.assertEqual(self.janitor.lastReport.orphans, 0)
+
+    @defer.inlineCallbacks
     def test_aBadRecordDoesNotStopTheSweep(self) -> Any:
         good = yield self.createId(10)
         bad = os.path.join(self.store.uploads, "c" * 32 + ".json")

@@ -165,6 +165,40 @@ class RecoveryTests(PublishTestCase):
         self.assertEqual(sorted(os.listdir(self.complete)), ["a.txt", "a.txt.json"])
 
     @defer.inlineCallbacks
+    def test_aCrashBetweenTheMoveAndTheSidecarIsFinished(self) -> Any:
+        """
+        A process killed after the file moved into the completed area and
+        before its sidecar was in place: nobody is publishing it any more,
+        so the next request finishes the publication instead of waiting
+        for a sidecar that never comes (503 for ever).  Found by the kill
+        -9 soak (bench/soak.py).
+        """
+        data = os.urandom(5000)
+        record = yield self.written(data)
+        realReplace = os.replace
+
+        def killedBeforeTheSidecar(src: str, dst: str) -> None:
+            if dst.startswith(self.complete + os.sep):
+                raise OSError(errno.EIO, "killed")  # as far as the files can tell
+            realReplace(src, dst)
+
+        self.patch(os, "replace", killedBeforeTheSidecar)
+        upload = self.store.open(record.id)
+        yield self.assertFailure(defer.ensureDeferred(self.publisher.publish(upload, "a.txt", len(data), None)),
+                                 InternalError)
+        upload.close()  # the process is gone, and its lock with it
+        self.patch(os, "replace", realReplace)
+        self.assertFalse(os.path.exists(self.store.dataPath(record.id)))
+        self.assertFalse(os.path.exists(os.path.join(self.complete, "a.txt.json")))
+        restarted = Publisher(self.store, self.disk, self.complete)
+        restarted.adoptWait = 1.0
+        adopted = yield restarted.adopt(self.store.get(record.id))
+        self.assertEqual((adopted.state, adopted.published.name), (COMPLETE, "a.txt"))
+        self.assertEqual(adopted.published.sha256, hashlib.sha256(data).hexdigest())
+        self.assertEqual(sorted(os.listdir(self.complete)), ["a.txt", "a.txt.json"])
+        self.assertEqual(self.sidecar(os.path.join(self.complete, "a.txt"))["id"], record.id)
+
+    @defer.inlineCallbacks
     def test_ourOwnLinkIsTakenUpWhereItStopped(self) -> Any:
         record = yield self.written(b"abc")
         os.makedirs(self.complete)

@@ -14,19 +14,21 @@ from typing import Any, List, Tuple
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from chunkd.errors import UploadGone, UploadLocked, UploadNotFound
+from chunkd.errors import InsufficientStorage, UploadGone, UploadLocked, UploadNotFound
 from chunkd.events import POST_CREATE, POST_EXPIRE, POST_FINISH, POST_TERMINATE
 from chunkd.store import (
     ACTIVE,
     COMPLETE,
     EXPIRED,
     RECORD_SCHEMA,
+    RESERVE_SIZE,
+    RESERVE_STEP,
     TERMINATED,
     Publication,
     UploadRecord,
     UploadStore,
 )
-from tests.helpers import deferLater, startedDisk
+from tests.helpers import deferLater, mountSmallTmpfs, startedDisk
 
 
 class StoreTestCase(unittest.TestCase):
@@ -161,6 +163,72 @@ class CommitTests(StoreTestCase):
         self.assertEqual(leftovers, [])
         with open(self.store.recordPath(record.id), "rb") as f:
             self.assertEqual(json.loads(f.read())["offset"], 3)
+
+
+class SpaceReserveTests(StoreTestCase):
+    """
+    A record is replaced by writing a new file, which needs a block of its
+    own: on a real full disk (a small tmpfs) the space reserve lets an
+    existing upload still record what reached it.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.directory = mountSmallTmpfs(self, "4m")
+        self.store = UploadStore(self.directory, self.disk, durable=True, clock=lambda: self.now)
+
+    def reserveSize(self) -> int:
+        return os.path.getsize(self.store.reservePath)
+
+    def fillDisk(self) -> str:
+        """Fill every free block with a file; return its path."""
+        filler = os.path.join(self.directory, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 65536):
+                pass
+        except OSError as e:
+            self.assertEqual(e.errno, errno.ENOSPC)
+        finally:
+            os.close(fd)
+        self.addCleanup(lambda: os.path.exists(filler) and os.unlink(filler))
+        return filler
+
+    def advance(self, record: UploadRecord) -> None:
+        record.offset += 1
+
+    @defer.inlineCallbacks
+    def test_aFullDiskDrawsOnTheReserveToRecord(self) -> Any:
+        record = yield self.store.create("tus", 10, None)
+        self.assertEqual(self.reserveSize(), RESERVE_SIZE)  # made before the upload
+        filler = self.fillDisk()
+        updated = yield self.store.update(record.id, self.advance)
+        self.assertEqual((updated.offset, self.store.get(record.id).offset), (1, 1))
+        self.assertEqual(self.reserveSize(), RESERVE_SIZE - RESERVE_STEP)
+        # New uploads do not take what is left: the reserve comes back first.
+        yield self.assertFailure(self.store.create("tus", 10, None), InsufficientStorage)
+        os.unlink(filler)
+        yield self.store.create("tus", 10, None)
+        self.assertEqual(self.reserveSize(), RESERVE_SIZE)
+
+    @defer.inlineCallbacks
+    def test_aSpentReserveFailsCleanly(self) -> Any:
+        record = yield self.store.create("tus", 10, None)
+        os.unlink(self.store.reservePath)
+        self.fillDisk()
+        failure = yield self.assertFailure(self.store.update(record.id, self.advance), OSError)
+        self.assertEqual(failure.errno, errno.ENOSPC)
+        self.assertEqual(self.store.get(record.id).offset, 0)
+        # No half-written temporary record is left behind.
+        self.assertEqual(sorted(n for n in os.listdir(self.store.uploads) if n.endswith(".tmp")), [])
+
+    @defer.inlineCallbacks
+    def test_keepReserveRestoresIt(self) -> Any:
+        yield self.disk.run(self.store.keepReserve)
+        with open(self.store.reservePath, "r+b") as f:
+            f.truncate(100)
+        yield self.disk.run(self.store.keepReserve)
+        self.assertEqual(self.reserveSize(), RESERVE_SIZE)
 
 
 class ReconcileTests(StoreTestCase):

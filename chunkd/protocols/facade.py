@@ -134,9 +134,9 @@ class _MultipartChunk:
     def malformed(self, outcome: BodyOutcome) -> None:
         """
         The upload layer's last check: the parser gave up inside the chunk
-        (not the connection), so nothing of it is kept.
+        (not the connection, nor a full disk), so nothing of it is kept.
         """
-        if not outcome.complete and not self.connectionLost:
+        if not outcome.complete and not self.connectionLost and outcome.error is None:
             raise BadRequest("the multipart body is malformed")
 
     def dataReceived(self, data: bytes) -> None:
