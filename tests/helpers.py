@@ -272,6 +272,17 @@ def finalResponse(raw: bytes) -> bool:
     return any(status >= 200 for status, _, _ in httpResponses(raw))
 
 
+def uploadFiles(storage: str) -> List[str]:
+    """
+    The files of uploads in a storage directory's C{uploads/}: everything
+    there but the store's space reserve, which belongs to no upload.
+    """
+    directory = os.path.join(storage, "uploads")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(name for name in os.listdir(directory) if name != "reserve")
+
+
 def deferLater(seconds: float) -> "defer.Deferred[None]":
     from twisted.internet.task import deferLater as _later
 

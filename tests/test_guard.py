@@ -34,6 +34,7 @@ from tests.helpers import (
     parseResponse,
     randomBytes,
     readResponse,
+    uploadFiles,
 )
 
 
@@ -92,8 +93,7 @@ def offsetOf(daemon: Daemon, uploadId: str) -> int:
 
 
 def uploadsIn(daemon: Daemon) -> List[str]:
-    directory = os.path.join(daemon.config["storage"]["directory"], "uploads")
-    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    return uploadFiles(daemon.config["storage"]["directory"])
 
 
 class DaemonTestCase(unittest.TestCase):

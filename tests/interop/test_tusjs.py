@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 
 from twisted.internet import defer
 
+from tests.helpers import uploadFiles
 from tests.interop.harness import InteropTestCase, requireNode, sha256, sha256File
 
 KiB = 1024
@@ -254,7 +255,7 @@ class TusJsClientWithTokenTests(InteropTestCase):
             scenario="plain", file=path, endpoint=self.chunkd.url("/files/")))
         self.assertFalse(report["success"])
         self.assertEqual([r["status"] for r in report["requests"]], [401])
-        self.assertEqual(os.listdir(os.path.join(self.chunkd.storage, "uploads")), [])
+        self.assertEqual(uploadFiles(self.chunkd.storage), [])
 
 
 class TusJsClientIetfDraftTests(InteropTestCase):

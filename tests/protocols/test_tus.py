@@ -11,7 +11,7 @@ from typing import Any, List
 
 from twisted.internet import defer
 
-from tests.helpers import OCTETS, TUS, TusTestCase, h, parseResponse, randomBytes, rawRequest
+from tests.helpers import OCTETS, TUS, TusTestCase, h, parseResponse, randomBytes, rawRequest, uploadFiles
 
 class CoreTests(TusTestCase):
     @defer.inlineCallbacks
@@ -211,8 +211,7 @@ class CreationTests(TusTestCase):
         self.assertEqual(r.code, 413)
 
     def uploadFiles(self) -> List[str]:
-        # The store's space reserve is not an upload's.
-        return sorted(n for n in os.listdir(os.path.join(self.storage, "uploads")) if n != "reserve")
+        return uploadFiles(self.storage)
 
     @defer.inlineCallbacks
     def test_refusedCreationWithUploadLeavesNoUpload(self) -> Any:
