@@ -173,10 +173,13 @@ class RouteTable:
         Who asks, and whether their token allows this route's protocol.
         Public routes and every OPTIONS (CORS preflights cannot carry a
         token; tus's OPTIONS only describes the server) need no token.
+        Without any token configured, an Authorization header is not
+        chunkd's (a proxy's basic auth, a gateway's token) and is ignored.
 
         @raise UploadError: 401 or 403 (L{chunkd.auth}).
         """
-        if self.authenticator is None or match.public or request.method == b"OPTIONS":
+        if (self.authenticator is None or not self.authenticator.enabled or match.public
+                or request.method == b"OPTIONS"):
             return ANONYMOUS
         values = request.requestHeaders.getRawHeaders(b"authorization")
         if values and len(values) > 1:

@@ -503,3 +503,20 @@ class AnonymousNotCountedTests(AuthServerTestCase):
     def test_anonymousUploadsHaveNoSubjectToCount(self) -> None:
         for _ in range(3):
             self.idOf((yield self.tusCreate(None)))
+
+
+class NoAuthConfiguredTests(AuthServerTestCase):
+    """
+    No token configured: an Authorization header belongs to someone else
+    (a proxy's basic auth, a gateway's token) and changes nothing.
+    """
+
+    overrides: Dict[str, object] = {}
+
+    @defer.inlineCallbacks
+    def test_foreignAuthorizationIsIgnored(self) -> None:
+        response = yield self.request("POST", "/files/", None, dict(TUS, **{
+            "Upload-Length": "5", "Authorization": "Basic dXNlcjpwYXNz"}))
+        self.assertEqual(response.code, 201, response.body_)
+        response = yield self.tusCreate("some-gateway-token")
+        self.assertEqual(response.code, 201, response.body_)
