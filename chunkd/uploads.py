@@ -244,6 +244,19 @@ class UploadService:
         claimed.addCallback(lambda _: create().addErrback(unclaim))
         return claimed
 
+    def discard(self, record: UploadRecord) -> "Deferred[None]":
+        """
+        Remove every trace of an upload its creating request refused (no
+        client was told its id, so no tombstone is owed), and stop counting
+        it against its subject's limit.  In the disk pool.
+        """
+        def discardNow() -> None:
+            self.store.discard(record.id)
+            if record.subject is not None:
+                self.activeUploads.release(record.subject, record.id)
+
+        return self.disk.run(discardNow)
+
     def terminate(self, uploadId: str, protocol: Union[str, FrozenSet[str]],
                   principal: Principal = ANONYMOUS) -> "Deferred[bool]":
         """

@@ -72,11 +72,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import http_sf
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from chunkd.config import Config
 from chunkd.errors import (
     BadRequest,
     ChecksumMismatch,
+    Forbidden,
     OffsetMismatch,
     Problem,
     TooLarge,
@@ -272,6 +274,11 @@ class IetfProtocol:
             raise BadRequest(f"the upload is smaller than min-size ({self.config.ietf.min_size} bytes)")
         self._checkAppendSize(request, version, principal)
         self.uploads.checkSize(length, "the upload's length", principal)
+        # Refused before anything is created: a body that cannot fit.
+        maxSize = self.uploads.maxSizeFor(principal)
+        room = length if length is not None else (maxSize or None)
+        if room is not None and request.bodyLength is not None and request.bodyLength > room:
+            raise self._lengthError(version, f"the body runs {request.bodyLength - room} bytes past the upload's length")
         contentDigest = _contentDigest(request)
         reprDigest = _digestHeader(request, "repr-digest")
         wanted = _wantedDigests(request)
@@ -297,7 +304,7 @@ class IetfProtocol:
                 raise
             sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength, request)
             return MappedSink(sink, lambda written: self._afterCompletion(written, location, wanted),
-                          _digestMismatch)
+                              self._refusedCreation(record))
 
         return LateSink(created.addCallback(announce), request.bodyProducer)
 
@@ -340,6 +347,9 @@ class IetfProtocol:
         upload = self.uploads.open(upload_id, TUS_FAMILY, principal)
         try:
             record = upload.record
+            if record.extra.get("concat") == "final":
+                # Made of its parts by tus; nothing is appended to it.
+                raise Forbidden("a final concatenated upload cannot be appended to")
             if record.state == COMPLETE:
                 if complete and offset == record.offset and request.bodyLength == 0:
                     # The answer to the completing append was lost; this one
@@ -362,7 +372,7 @@ class IetfProtocol:
         location = self.location(request, record.id)
         sink = self.uploads.write(upload, plan, request.bodyProducer, request.bodyLength, request)
         return MappedSink(sink, lambda written: self._afterCompletion(written, location, wanted),
-                          _digestMismatch)
+                          self._refusedAppend(record))
 
     async def appended(self, request: Any, upload_id: str) -> bytes:
         created: Created = await request.bodySink.result()
@@ -395,10 +405,24 @@ class IetfProtocol:
         if limit is not None and bodyLength is not None and bodyLength > limit:
             raise self._lengthError(version, f"the body runs {bodyLength - limit} bytes past the upload's length")
         whole = {"complete": False}
+        declared = record.extra.get("repr_digest")
+        path = self.store.dataPath(record.id)
 
-        def verify(outcome: BodyOutcome) -> None:
+        def verify(outcome: BodyOutcome) -> Optional["Deferred[None]"]:
             # Complete only if the client said so and every byte came.
             whole["complete"] = complete and outcome.complete
+            if not whole["complete"] or declared is None:
+                return None
+            # The Repr-Digest sent at creation is checked before the upload
+            # is recorded complete (and announced finished to hooks).
+            end = offset + outcome.written
+
+            def compare(digests: Dict[str, bytes]) -> None:
+                if digests[declared[0]] != base64.b64decode(declared[1]):
+                    raise ReprDigestMismatch("the upload does not match the Repr-Digest sent at its creation",
+                                             headers={"Upload-Complete": "?1"})
+
+            return self.uploads.disk.run(_fileDigests, path, [declared[0]], end).addCallback(compare)
 
         def recorded(end: int) -> Any:
             completes = whole["complete"]
@@ -437,28 +461,48 @@ class IetfProtocol:
     def _afterCompletion(self, record: UploadRecord, location: str,
                          wanted: Sequence[str]) -> "Deferred[Created] | Created":
         """
-        Once an upload completes: check the Repr-Digest sent at creation,
-        and compute the digests the client asked for (from the file, in the
-        disk pool).
+        Once an upload completes: compute the digests the client asked for
+        (from the file, in the disk pool).
         """
-        declared = record.extra.get("repr_digest")
-        names = set(wanted)
-        if record.state == COMPLETE and declared is not None:
-            names.add(declared[0])
-        if record.state != COMPLETE or not names:
+        if record.state != COMPLETE or not wanted:
             return Created(record, location, {})
-        d = self.uploads.disk.run(_fileDigests, self.store.dataPath(record.id), sorted(names))
+        d = self.uploads.disk.run(_fileDigests, self.store.dataPath(record.id), sorted(wanted))
+        return d.addCallback(lambda digests: Created(record, location, digests))
 
-        def check(digests: Dict[str, bytes]) -> Any:
-            if declared is not None and digests[declared[0]] != base64.b64decode(declared[1]):
-                # The draft: consider the upload failed, do not process it.
-                refused = BadRequest("the upload does not match the Repr-Digest sent at its creation",
-                                     headers={"Upload-Complete": "?1"})
-                gone = self.uploads.disk.run(self.store.terminate, record.id)
-                return gone.addBoth(lambda _: _raise(refused))
-            return Created(record, location, {n: d for n, d in digests.items() if n in wanted})
+    def _refusedCreation(self, record: UploadRecord) -> Any:
+        """
+        The errback of a creation's body: a refused body (a digest that does
+        not match, too long a body) fails the request, and the upload it
+        created goes too (C{UploadService.discard}); a body cut off is not
+        refused, and what arrived stays resumable.
+        """
 
-        return d.addCallback(check)
+        def refused(failure: Failure) -> Any:
+            failure = _asBadRequest(failure)
+            if not failure.check(UploadError):
+                return failure
+            d = self.uploads.discard(record)
+            d.addErrback(lambda f: self.log.failure("discarding a refused creation", f))
+            return d.addCallback(lambda _: failure)
+
+        return refused
+
+    def _refusedAppend(self, record: UploadRecord) -> Any:
+        """
+        The errback of an append's body: an upload whose whole does not
+        match its Repr-Digest has failed (the draft: do not process it), so
+        it is terminated; any other refusal leaves it as it was.
+        """
+
+        def refused(failure: Failure) -> Any:
+            failure = _asBadRequest(failure)
+            if not failure.check(ReprDigestMismatch):
+                return failure
+            d = self.uploads.disk.run(self.store.terminate, record.id)
+            d.addErrback(lambda f: self.log.failure("terminating a failed upload", f))
+            return d.addCallback(lambda _: failure)
+
+        return refused
 
     # -- the rest of the resource ---------------------------------------------------
 
@@ -549,17 +593,18 @@ class IetfProtocol:
 # -- the header grammar (RFC 8941 structured fields, through http-sf) ------------------------
 
 
-def _raise(error: Exception) -> Any:
-    raise error
+class ReprDigestMismatch(BadRequest):
+    """The whole upload does not match the Repr-Digest sent at creation."""
 
 
-def _digestMismatch(failure: Any) -> Any:
+def _asBadRequest(failure: Failure) -> Failure:
     """
-    A digest that does not match is the client's error (400): tus's 460
-    is tus's own status.
+    A Content-Digest that does not match is the client's error (400):
+    tus's 460 is tus's own status.
     """
-    if failure.check(ChecksumMismatch):
-        raise BadRequest(failure.value.reason)
+    error = failure.value
+    if isinstance(error, ChecksumMismatch):
+        return Failure(BadRequest(error.reason))
     return failure
 
 
@@ -644,14 +689,19 @@ def _reprDigestHeader(request: Any, digests: Dict[str, bytes]) -> None:
         setHeader(request, "Repr-Digest", str(http_sf.ser({n: (d, {}) for n, d in digests.items()})))
 
 
-def _fileDigests(path: str, names: Sequence[str]) -> Dict[str, bytes]:
-    """The digests of a whole file.  Blocking: for the disk pool."""
+def _fileDigests(path: str, names: Sequence[str], length: Optional[int] = None) -> Dict[str, bytes]:
+    """
+    The digests of a file's first C{length} bytes (all of it by default).
+    Blocking: for the disk pool.
+    """
     hashes = {name: DIGESTS[name]() for name in names}
+    left = length if length is not None else -1
     with open(path, "rb") as f:
-        while True:
-            block = f.read(1 << 20)
+        while left != 0:
+            block = f.read(1 << 20 if left < 0 else min(1 << 20, left))
             if not block:
                 break
+            left -= len(block) if left > 0 else 0
             for h in hashes.values():
                 h.update(block)
     return {name: h.digest() for name, h in hashes.items()}

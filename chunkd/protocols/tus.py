@@ -246,7 +246,7 @@ class TusProtocol:
                 # created goes too -- its id was never told to anyone.
                 if not failure.check(UploadError):
                     return failure
-                d = self.uploads.disk.run(self.store.discard, record.id)
+                d = self.uploads.discard(record)
                 d.addErrback(lambda f: self.log.failure("discarding a refused creation", f))
                 return d.addCallback(lambda _: failure)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
@@ -389,10 +390,34 @@ class DigestTests(IetfTestCase):
         self.assertEqual(status, 204)
         self.assertEqual(headers["repr-digest"], f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:")
         wrong = base64.b64encode(hashlib.sha512(b"other").digest()).decode()
+        finished: List[str] = []
+        self.store.events.subscribe(lambda event, record: finished.append(record.id) if event == "post-finish" else None)
         path = yield self.created(8, b"abc", Repr_Digest=f"sha-512=:{wrong}:")
         status, _, body = yield self.append(path, 3, b"", complete=True)
         self.assertEqual(status, 400, body)
         self.assertIn(b"Repr-Digest", body)
+        # Checked before it was recorded complete: never announced finished;
+        # the upload has failed (the draft: do not process it).
+        uploadId = path.rsplit("/", 1)[1]
+        self.assertNotIn(uploadId, finished)
+        status, _, _ = yield self.offsetOf(path)
+        self.assertEqual(status, 410)
+
+    @defer.inlineCallbacks
+    def test_refusedCreationLeavesNoUpload(self) -> Any:
+        """
+        A creation whose body is refused (a Content-Digest that does not
+        match, a body longer than the declared length) leaves no upload.
+        """
+        before = sorted(os.listdir(self.store.uploads))
+        digest = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+        raw = yield self.create(8, b"hello", Content_Digest=f"sha-256=:{digest}:")
+        self.assertEqual(final(raw)[0], 400, raw)
+        raw = yield self.create(8, b"0123456789", Upload_Length="5")
+        self.assertEqual(final(raw)[0], 400, raw)
+        self.assertEqual(interim(raw), [])  # refused before any upload existed
+        self.assertEqual(sorted(n for n in os.listdir(self.store.uploads) if n != "reserve"),
+                         [n for n in before if n != "reserve"])
 
 
 class OneUploadTests(IetfTestCase):
@@ -409,6 +434,25 @@ class OneUploadTests(IetfTestCase):
         self.assertEqual(response.code, 204)
         status, headers, _ = yield self.offsetOf(path)
         self.assertEqual((headers["upload-offset"], headers["upload-complete"]), ("6", "?1"))
+
+    @defer.inlineCallbacks
+    def test_aFinalConcatenationIsNotAppendedTo(self) -> Any:
+        """
+        tus makes a final concatenation of its parts; the draft must not
+        write into it either (tus refuses its PATCH with 403).
+        """
+        response = yield self.client.post(self.url("/files/"), headers=dict(TUS, **{
+            "Upload-Length": "5", "Upload-Concat": "partial"}))
+        yield response.content()
+        part = h(response, "location")
+        response = yield self.client.post(self.url("/files/"), headers=dict(TUS, **{
+            "Upload-Concat": f"final;{part}"}))
+        yield response.content()
+        final_ = "files/" + h(response, "location").rsplit("/", 1)[1]
+        status, _, body = yield self.append(final_, 0, b"EVIL!", 6, complete=True)
+        self.assertEqual(status, 403, body)
+        record = self.store.get(final_.rsplit("/", 1)[1])
+        self.assertEqual(record.offset, 0)
 
     @defer.inlineCallbacks
     def test_theTusMountServesTheDraftByHeader(self) -> Any:
