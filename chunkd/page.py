@@ -28,6 +28,7 @@ guessed, and this route must not become a way to read their files.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
@@ -94,7 +95,8 @@ class UploadPage:
         api = self.mount + "/_ui"
         return [
             Route(self.mount + "/", ("GET",), self.page, public=True),
-            *(Route(f"{api}/{name}", ("GET",), self.asset, public=True) for name in _ASSETS),
+            *(Route(f"{api}/{name}", ("GET",), functools.partial(self.asset, name=name), public=True)
+              for name in _ASSETS),
             Route(api + "/uploads/<upload_id>", ("GET",), self.describe, anyProtocol=True),
             Route(api + "/uploads/<upload_id>/file", ("GET",), self.download, anyProtocol=True),
         ]
@@ -132,8 +134,8 @@ class UploadPage:
         setHeader(request, "Referrer-Policy", "no-referrer")
         return self.index
 
-    def asset(self, request: Any) -> bytes:
-        name = request.path.decode("latin-1").rsplit("/", 1)[1]
+    def asset(self, request: Any, name: str) -> bytes:
+        # Bound per route: the raw path may spell the name percent-encoded.
         _static(request, _ASSETS[name])
         return self.assets[name]
 

@@ -81,6 +81,17 @@ class PageTests(PageTestCase):
         self.assertEqual(head.code, 200)
 
     @defer.inlineCallbacks
+    def test_aPercentEncodedAssetNameIsTheSameAsset(self) -> Any:
+        """
+        Routing decodes the path: /_ui/app%2ejs is the script (it was a 500
+        and a traceback in the log, for anyone, without a token).
+        """
+        script = yield self.get("/_ui/app%2ejs")
+        self.assertEqual(script.code, 200)
+        self.assertIn(b"Tus-Resumable", script.body_)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @defer.inlineCallbacks
     def test_tusAndPreflightsAtTheRootAreUntouched(self) -> Any:
         preflight = yield self.client.request("OPTIONS", self.url("/"))
         yield preflight.content()
