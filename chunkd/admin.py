@@ -46,7 +46,7 @@ from chunkd.inventory import Inventory
 from chunkd.live import LiveUploads
 from chunkd.routes import Route
 from chunkd.store import EXPIRED, TERMINATED, UploadStore
-from chunkd.web import header, setHeader
+from chunkd.web import baseURL, header, setHeader
 
 COOKIE = "chunkd_admin"
 _DELIVERY = re.compile(r"^[0-9.]+-[0-9a-f]{12}\.json\Z")
@@ -60,6 +60,11 @@ def isLoopback(host: str) -> bool:
         return False
 
 
+#: the page's files, read once (not on the reactor per request)
+_STATIC = {name: resources.files("chunkd").joinpath("admin_static", name).read_bytes()
+           for name in ("admin.html", "admin.js", "login.html")}
+
+
 class AdminAccess:
     """
     The decision: may this request see the view (L{module docstring}).
@@ -67,6 +72,7 @@ class AdminAccess:
 
     def __init__(self, config: Config) -> None:
         self.token = config.admin.token
+        self.trustProxy = config.network.trust_proxy
 
     def cookieValue(self) -> str:
         """What the login cookie holds: an HMAC of a label under the token
@@ -74,6 +80,11 @@ class AdminAccess:
         return hmac.new(self.token.encode("utf-8"), b"chunkd-admin-session", hashlib.sha256).hexdigest()
 
     def localRequest(self, request: Any) -> bool:
+        if self.trustProxy:
+            # Behind a reverse proxy every request comes from loopback, and a
+            # proxy that adds no forwarding header would open the view to
+            # everyone behind it: only the token opens it then.
+            return False
         peer = request.getClientAddress()
         host = getattr(peer, "host", None)
         if host is None or not isLoopback(host):
@@ -109,10 +120,11 @@ class AdminAccess:
         """L{check}, and the request must not come from another origin's page."""
         self.check(request)
         origin = header(request, "origin")
-        if origin is not None:
-            scheme = "https" if request.isSecure() else "http"
-            if origin != f"{scheme}://{header(request, 'host') or ''}":
-                raise Forbidden("admin actions are only taken from the admin view's own origin")
+        # The view's own origin as its browser sees it (behind a trusted
+        # proxy: the forwarded scheme and host).
+        expected = "/".join(baseURL(request, self.trustProxy).split("/", 3)[:3])  # scheme://host
+        if origin is not None and origin != expected:
+            raise Forbidden("admin actions are only taken from the admin view's own origin")
         site = header(request, "sec-fetch-site")
         if site is not None and site not in ("same-origin", "none"):
             raise Forbidden("admin actions are only taken from the admin view's own origin")
@@ -188,7 +200,7 @@ class AdminView:
                   "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
                   "form-action 'self'; frame-ancestors 'none'")
         setHeader(request, "X-Content-Type-Options", "nosniff")
-        return resources.files("chunkd").joinpath("admin_static", name).read_bytes()
+        return _STATIC[name]
 
     async def login(self, request: Any) -> bytes:
         body = await request.bodySink.result()

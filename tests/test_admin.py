@@ -170,13 +170,36 @@ class ProxyTests(AdminTestCase):
     overrides = {"network.trust_proxy": True}
 
     @defer.inlineCallbacks
-    def test_behindAProxyOnThisHostForwardedRequestsAreNotLocal(self) -> Any:
-        response = yield self.get("/_admin/api/status", headers={"X-Forwarded-For": "127.0.0.1"})
+    def test_behindAProxyOnlyTheTokenOpensIt(self) -> Any:
+        """
+        Under trust_proxy every request comes from loopback (the proxy's),
+        forwarded headers or not -- a proxy that adds none would otherwise
+        open the view to everyone behind it: no loopback trust at all.
+        """
+        for headers in ({"X-Forwarded-For": "127.0.0.1"}, {"Forwarded": "for=127.0.0.1"}, {}):
+            response = yield self.get("/_admin/api/status", headers=headers)
+            self.assertEqual(response.code, 403, headers)
+
+
+class TokenBehindAProxyTests(AdminTestCase):
+    overrides = {"network.trust_proxy": True, "admin.token": "t" * 20}
+
+    @defer.inlineCallbacks
+    def test_actionsThroughATLSProxy(self) -> Any:
+        """
+        Through a TLS-terminating proxy the view's origin is the forwarded
+        one: an action from that origin is taken, one from another is not.
+        """
+        uploadId = yield self.createId(10)
+        proxied = {"Authorization": "Bearer " + "t" * 20, "X-Forwarded-Proto": "https",
+                   "X-Forwarded-Host": "chunkd.example.com", "X-Forwarded-For": "203.0.113.9"}
+        response = yield self.post(f"/_admin/api/uploads/{uploadId}/expire",
+                                   headers=dict(proxied, Origin="https://evil.example"))
         self.assertEqual(response.code, 403)
-        response = yield self.get("/_admin/api/status", headers={"Forwarded": "for=127.0.0.1"})
-        self.assertEqual(response.code, 403)
-        response = yield self.get("/_admin/api/status")
-        self.assertEqual(response.code, 200)
+        response = yield self.post(f"/_admin/api/uploads/{uploadId}/expire",
+                                   headers=dict(proxied, Origin="https://chunkd.example.com",
+                                                **{"Sec-Fetch-Site": "same-origin"}))
+        self.assertEqual(response.code, 200, response.body)
 
 
 class RemoteTestCase(AdminTestCase):
