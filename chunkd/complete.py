@@ -139,6 +139,20 @@ class CompletedFiles:
                 return found
         return None
 
+    @staticmethod
+    def owns(path: str, uploadId: str, created: float) -> bool:
+        """
+        Whether the published file at C{path} is still this upload's: its
+        sidecar names the upload (id and creation time).  Once the
+        application takes a file and its sidecar away, a later upload may
+        publish under the same name; that file is the other upload's, and
+        nothing done for this one (a check of its sha256, its removal when
+        kept long enough) may touch it.  Blocking.
+        """
+        info = _readJSON(path + ".json")
+        return (isinstance(info, dict) and info.get("id") == uploadId and info.get("created") == created
+                and os.path.exists(path))
+
     def _finishPending(self, entry: str, candidate: str, inode: int, uploadId: str,
                        created: float) -> Optional[Tuple[str, Dict[str, Any]]]:
         temp = os.path.join(self.directory, entry)

@@ -47,6 +47,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from chunkd.complete import CompletedFiles
 from chunkd.config import Config
 from chunkd.disk import DiskService
 from chunkd.errors import Conflict, UploadError, UploadGone, UploadLocked
@@ -468,8 +469,10 @@ class Inventory:
     def _checkPublished(self, record: UploadRecord, hashes: bool) -> List[Problem]:
         published = record.published
         assert published is not None
-        if not os.path.exists(published.path):
-            return []  # the application took it: its to keep
+        if not CompletedFiles.owns(published.path, record.id, record.created):
+            # The application took it (its to keep), and the name may now
+            # hold another upload's file.
+            return []
         actual = sha256Of(published.path)
         if actual == published.sha256:
             return []

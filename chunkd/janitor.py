@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from chunkd.complete import CompletedFiles
 from chunkd.config import Config
 from chunkd.errors import NO_SPACE
 from chunkd.store import (
@@ -203,7 +204,10 @@ class Janitor(Service):
 
     def _removeCompleted(self, record: UploadRecord, report: SweepReport) -> None:
         published = record.published.path if record.published is not None else None
-        if published is not None and published.startswith(self.config.completeDirectory + os.sep):
+        # Only a file still this upload's: once the application took it, a
+        # later upload may have been published under the same name.
+        if (published is not None and published.startswith(self.config.completeDirectory + os.sep)
+                and CompletedFiles.owns(published, record.id, record.created)):
             for path in (published, published + ".json"):
                 if os.path.exists(path):
                     os.unlink(path)

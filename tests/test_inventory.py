@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Tuple
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from chunkd.complete import CompletedFiles
 from chunkd.config import loadConfig
 from chunkd.errors import Conflict, UploadGone, UploadLocked
 from chunkd.inventory import PROBLEMS, Inventory, heldLocks, offlineStore
@@ -193,6 +194,26 @@ class FsckTests(InventoryTestCase):
         self.assertTrue(os.path.exists(self.store.dataPath(young)))
         again = yield self.disk.run(self.inventory.check)
         self.assertEqual(again, [])
+
+    @defer.inlineCallbacks
+    def test_aNameTakenByALaterUploadIsNotTheEarliersToJudge(self) -> Any:
+        """
+        The application took A's published photo.jpg (and its sidecar);
+        B was then published as photo.jpg.  A's record still names that
+        path: fsck must not call B's file A's corrupt one (it moved B's file
+        to the quarantine before), and ending A must not remove it.
+        """
+        first = yield self.published(b"the first photo", "photo.jpg")
+        assert first.published is not None
+        os.unlink(first.published.path)
+        os.unlink(first.published.path + ".json")
+        second = yield self.published(b"the second photo", "photo.jpg")
+        assert second.published is not None
+        self.assertEqual(second.published.path, first.published.path)
+        problems = yield self.disk.run(self.inventory.check)
+        self.assertEqual(problems, [])
+        self.assertTrue(CompletedFiles.owns(second.published.path, second.id, second.created))
+        self.assertFalse(CompletedFiles.owns(first.published.path, first.id, first.created))
 
     @defer.inlineCallbacks
     def test_anUploadAWriterHoldsIsReportedBusyAndNeverRepaired(self) -> Any:

@@ -102,6 +102,33 @@ class JanitorTests(TusTestCase):
         self.assertFalse(os.path.exists(self.store.dataPath(uploadId)))
         self.assertFalse(os.path.exists(self.store.recordPath(uploadId)))
 
+    def test_aPublishedNameNowAnotherUploadsIsLeftAlone(self) -> None:
+        """
+        Removing a completed upload kept long enough removes its published
+        file only while that file is still its own: after the application
+        took it, the name may hold a later upload's file (its sidecar names
+        that upload).
+        """
+        from chunkd.janitor import SweepReport
+        from chunkd.store import Publication, UploadRecord
+
+        complete = self.config.completeDirectory
+        os.makedirs(complete, exist_ok=True)
+        path = os.path.join(complete, "photo.jpg")
+        with open(path, "wb") as f:
+            f.write(b"the later upload's photo")
+        with open(path + ".json", "w") as f:
+            f.write('{"id": "%s", "created": 2.0}' % ("b" * 32))
+        earlier = UploadRecord(id="a" * 32, protocol="facade", length=5, created=1.0, state="complete",
+                               published=Publication(path, "photo.jpg", 5, "00", 1.5))
+        self.janitor._removeCompleted(earlier, SweepReport())
+        self.assertTrue(os.path.exists(path))
+        self.assertTrue(os.path.exists(path + ".json"))
+        mine = UploadRecord(id="b" * 32, protocol="facade", length=5, created=2.0, state="complete",
+                            published=Publication(path, "photo.jpg", 5, "00", 2.5))
+        self.janitor._removeCompleted(mine, SweepReport())
+        self.assertFalse(os.path.exists(path))
+
     @defer.inlineCallbacks
     def test_orphansRemovedOnlyWhenOld(self) -> Any:
         orphan = os.path.join(self.store.uploads, "a" * 32 + ".data")
