@@ -55,23 +55,31 @@ class ActiveUploads:
         digest = hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         return os.path.join(self.directory, digest)
 
-    def claim(self, subject: str, uploadId: str, limit: int) -> None:
+    def claim(self, subject: str, uploadId: str, limit: int) -> bool:
         """
         Count C{uploadId} as one of C{subject}'s unfinished uploads.
 
+        @return: whether this call made the marker (and so may release it);
+            C{False} when the upload is counted already (two processes
+            creating one Resumable.js upload at once: the one whose
+            creation loses must not release the other's marker).
         @raise TooManyRequests: the subject already has C{limit} of them.
         """
         directory = self._subjectDirectory(subject)
         os.makedirs(directory, exist_ok=True)
+        marker = os.path.join(directory, uploadId)
         fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.exists(marker):
+                return False
             if self._count(directory) >= limit:
                 raise TooManyRequests(
                     f"this subject already has {limit} unfinished uploads; finish or delete one first",
                     headers={"Retry-After": str(RETRY_AFTER)},
                 )
-            os.close(os.open(os.path.join(directory, uploadId), os.O_WRONLY | os.O_CREAT, 0o600))
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return True
         finally:
             os.close(fd)  # releases the flock
 

@@ -240,9 +240,14 @@ class UploadService:
             d = self.disk.run(self.activeUploads.release, subject, newId)
             return d.addBoth(lambda _: failure)
 
+        def created(ours: bool) -> "Deferred[UploadRecord]":
+            # A marker another creation of this very upload made is not ours
+            # to release if ours fails (it lost a race to create it).
+            d = create()
+            return d.addErrback(unclaim) if ours else d
+
         claimed = self.disk.run(self.activeUploads.claim, subject, newId, limit)
-        claimed.addCallback(lambda _: create().addErrback(unclaim))
-        return claimed
+        return claimed.addCallback(created)
 
     def discard(self, record: UploadRecord) -> "Deferred[None]":
         """

@@ -70,6 +70,18 @@ class ActiveUploadsTests(unittest.TestCase):
         os.utime(os.path.join(self.one._subjectDirectory("a"), pending), (self.now - PENDING_GRACE - 1,) * 2)
         self.other.claim("a", newUploadId(), 1)
 
+    def test_aSecondClaimOfOneUploadIsNotItsOwner(self) -> None:
+        """
+        Two processes creating one Resumable.js upload at once both claim
+        its id: the second claim is told the marker is not its own (so its
+        failed creation releases nothing), and the upload counts once.
+        """
+        uploadId = newUploadId()
+        self.assertTrue(self.one.claim("a", uploadId, 2))
+        self.assertFalse(self.other.claim("a", uploadId, 2))
+        self.one.claim("a", newUploadId(), 2)
+        self.assertRaises(TooManyRequests, self.other.claim, "a", newUploadId(), 2)
+
     def test_releasedClaimStopsCounting(self) -> None:
         uploadId = newUploadId()
         self.one.claim("a", uploadId, 1)
