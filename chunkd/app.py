@@ -92,6 +92,7 @@ class Chunkd:
 
     def _applyTuning(self, config: Config) -> None:
         self.disk.minBatch = config.disk.min_batch
+        self.disk.maxBuffered = config.disk.max_buffered
         self.site.readSize = config.disk.read_size
         self.site.logEveryRequest = config.log_level == "debug"
 

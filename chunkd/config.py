@@ -195,6 +195,9 @@ class DiskConfig:
     low_water: int = _size(1024 * 1024, "resume it once the queue drains to this")
     min_batch: int = _size(512 * 1024, "gather this much of a body before each write")
     read_size: int = _size(256 * 1024, "socket read size while receiving a large body")
+    max_buffered: int = _size(
+        256 * 1024 * 1024, "bytes waiting for the disk across all uploads before every socket pauses; 0 = no limit"
+    )
 
 
 @dataclass(frozen=True)

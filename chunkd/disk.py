@@ -53,6 +53,13 @@ class DiskService(Service):
     #: bytes accepted by all writers and not yet written, now and at most.
     queued = 0
     peakQueued = 0
+    #: the global write budget (C{disk.max_buffered}; 0: none): past it,
+    #: every writer that takes more pauses its socket, however little it
+    #: holds itself, so a thousand uploads on a slow disk cannot hold a
+    #: thousand high-water marks of memory (at most the budget, plus the
+    #: one socket read each connection may deliver as it is paused).  They
+    #: resume once the total is back under three quarters of it.
+    maxBuffered = 0
 
     def __init__(self, reactor: Any, threads: int) -> None:
         self.reactor = reactor
@@ -61,6 +68,29 @@ class DiskService(Service):
         self.fdatasync: Callable[[int], None] = os.fdatasync
         self.outstanding = 0
         self._drained: Optional[OneShotResult[None]] = None
+        #: writers paused by the budget, resumed in order once under it
+        self._overBudget: List["OffsetWriter"] = []
+
+    def overBudget(self, resuming: bool = False) -> bool:
+        """
+        Whether writers must pause (over the budget) -- or, C{resuming},
+        stay paused (not yet back under three quarters of it).
+        """
+        if not self.maxBuffered:
+            return False
+        return self.queued > (self.maxBuffered * 3 // 4 if resuming else self.maxBuffered)
+
+    def waitForBudget(self, writer: "OffsetWriter") -> None:
+        if writer not in self._overBudget:
+            self._overBudget.append(writer)
+
+    def budgetFreed(self) -> None:
+        """Some bytes were written: resume the writers the budget paused."""
+        if not self._overBudget or self.overBudget(resuming=True):
+            return
+        waiting, self._overBudget = self._overBudget, []
+        for writer in waiting:
+            writer._mayResume()
 
     def startService(self) -> None:
         super().startService()
@@ -189,9 +219,14 @@ class OffsetWriter:
         self.peakQueued = max(self.peakQueued, self.queued)
         self._disk.queued += len(data)
         self._disk.peakQueued = max(self._disk.peakQueued, self._disk.queued)
-        if self._producer is not None and not self._paused and self.queued >= self._highWater:
-            self._paused = True
-            self._producer.pauseProducing()
+        if self._producer is not None and not self._paused:
+            if self.queued >= self._highWater:
+                self._paused = True
+                self._producer.pauseProducing()
+            elif self._disk.overBudget():
+                self._paused = True
+                self._producer.pauseProducing()
+                self._disk.waitForBudget(self)
         self._kick()
 
     def flush(self) -> Deferred[int]:
@@ -293,17 +328,30 @@ class OffsetWriter:
         self._afterBatch()
 
     def _afterBatch(self) -> None:
-        if self._paused and self.queued <= self._lowWater:
-            self._paused = False
-            if self._producer is not None:
-                self._producer.resumeProducing()
+        self._mayResume()
         self._kick()
+        self._disk.budgetFreed()
         if not self._inFlight and not self._pending and self._flushed is not None:
             flushed, self._flushed = self._flushed, None
             if self.error is not None:
                 flushed.fire(Failure(self.error))
             else:
                 flushed.fire(self.written)
+
+    def _mayResume(self) -> None:
+        """
+        Resume the producer once this writer's own queue is down to its
+        low-water mark and the disk is back under its budget (else wait
+        for the budget to free: L{DiskService.budgetFreed}).
+        """
+        if not self._paused or self.queued > self._lowWater:
+            return
+        if self._producer is not None and self._disk.overBudget(resuming=True):
+            self._disk.waitForBudget(self)
+            return
+        self._paused = False
+        if self._producer is not None:
+            self._producer.resumeProducing()
 
     def detach(self) -> None:
         """

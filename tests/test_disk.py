@@ -9,13 +9,14 @@ import errno
 import hashlib
 import os
 import threading
+import time
 from typing import Any, List, Sequence, Tuple
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from chunkd.disk import DiskService, OffsetWriter
-from tests.helpers import CountingProducer, openTempFile, readFile, startedDisk
+from tests.helpers import CountingProducer, TusTestCase, openTempFile, readFile, startedDisk
 
 BIG = 1 << 30  # a high-water mark never reached
 
@@ -337,6 +338,50 @@ class FlowControlTests(DiskTestCase):
         self.assertEqual(self.fileData(), self.PREFIX + b"abc")
 
 
+class BudgetTests(DiskTestCase):
+    """
+    disk.max_buffered: one budget over every writer, so many uploads on a
+    slow disk cannot each hold their own high-water mark of memory.
+    """
+
+    @defer.inlineCallbacks
+    def test_pastTheBudgetEveryWriterPausesThenAllResume(self) -> Any:
+        self.disk.minBatch = 0
+        self.disk.maxBuffered = 1000
+        self.hold()
+        producers = [CountingProducer() for _ in range(3)]
+        writers = [self.writer(offset=len(self.PREFIX) + 10_000 * n, highWater=10_000, lowWater=100,
+                               producer=p) for n, p in enumerate(producers)]
+        writers[0].write(b"a" * 600)
+        writers[1].write(b"b" * 300)
+        # Each holds far below its own high-water mark ...
+        self.assertEqual([p.pauses for p in producers], [0, 0, 0])
+        # ... but together they pass the budget: whoever adds more pauses,
+        # even one holding very little.
+        writers[2].write(b"c" * 200)
+        writers[0].write(b"a" * 10)
+        writers[1].write(b"b" * 10)
+        self.assertEqual([p.pauses for p in producers], [1, 1, 1])
+        self.assertEqual(self.disk.queued, 1120)
+        self.release()
+        yield defer.gatherResults([w.flush() for w in writers])
+        # Written out: under three quarters of the budget, every one resumes.
+        self.assertEqual([p.resumes for p in producers], [1, 1, 1])
+        self.assertEqual(self.disk.queued, 0)
+
+    @defer.inlineCallbacks
+    def test_noBudgetNoPause(self) -> Any:
+        self.disk.minBatch = 0
+        self.disk.maxBuffered = 0
+        self.hold()
+        producer = CountingProducer()
+        w = self.writer(highWater=10_000, lowWater=100, producer=producer)
+        w.write(b"x" * 5000)
+        self.assertEqual(producer.pauses, 0)
+        self.release()
+        yield w.flush()
+
+
 class DrainedTests(DiskTestCase):
     @defer.inlineCallbacks
     def test_drainedFiresWhenIdle(self) -> Any:
@@ -387,3 +432,48 @@ class DrainedTests(DiskTestCase):
         error = yield self.assertFailure(self.disk.run(os.stat, "/nonexistent/chunkd"), OSError)
         self.assertEqual(error.errno, errno.ENOENT)
         self.assertEqual(self.disk.outstanding, 0)
+
+
+class BudgetOverRealUploadsTests(TusTestCase):
+    """
+    Twenty uploads at once over real sockets onto a slow disk, with a
+    budget far below their total: sockets pause and resume, nothing is
+    refused, every upload byte-exact, and the bytes waiting stay near the
+    budget (without it they grow towards all twenty uploads).
+    """
+
+    overrides = {"disk.max_buffered": "1MiB", "disk.min_batch": "64KiB", "disk.high_water": "4MiB",
+                 "disk.low_water": "256KiB"}
+
+    @defer.inlineCallbacks
+    def test_twentyUploadsUnderAOneMiBBudget(self) -> Any:
+        real = self.disk.pwritev
+
+        def slowDisk(fd: int, buffers: Sequence[Any], offset: int) -> int:
+            time.sleep(0.005)
+            return real(fd, buffers, offset)
+
+        self.disk.pwritev = slowDisk
+        uploads = []
+        for n in range(20):
+            data = bytes([n]) * (1024 * 1024 + n)
+            uploadId = yield self.createId(len(data))
+            uploads.append((uploadId, data))
+        responses = yield defer.gatherResults([self.patch(uploadId, 0, data) for uploadId, data in uploads])
+        self.assertEqual([r.code for r in responses], [204] * 20)
+        for uploadId, data in uploads:
+            self.assertEqual(self.dataOf(uploadId), data)
+        # At most the budget, plus one socket read (disk.read_size) per
+        # connection that arrived as its socket was being paused.
+        self.assertLessEqual(self.disk.peakQueued, 1024 * 1024 + 20 * self.config.disk.read_size)
+
+
+class NoBudgetOverRealUploadsTests(BudgetOverRealUploadsTests):
+    """The same without a budget: the test above is not vacuous."""
+
+    overrides = dict(BudgetOverRealUploadsTests.overrides, **{"disk.max_buffered": 0})
+
+    @defer.inlineCallbacks
+    def test_twentyUploadsUnderAOneMiBBudget(self) -> Any:
+        with self.assertRaises(self.failureException):
+            yield BudgetOverRealUploadsTests.test_twentyUploadsUnderAOneMiBBudget(self)
