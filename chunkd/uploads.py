@@ -463,12 +463,28 @@ class UploadService:
             return await self._recordStopped(upload, plan, outcome, running)
         if outcome.overflow:
             raise plan.overflow
+        await self._judge(plan, outcome)
+        return await self._commitLanded(upload, plan, outcome, running)
+
+    async def _judge(self, plan: WritePlan, outcome: BodyOutcome) -> None:
+        """
+        The protocol's C{verify} and any checksum judge what the body brought.
+
+        @raise UploadError: the body is refused; nothing is to be recorded.
+        """
         if plan.verify is not None:
             checked = plan.verify(outcome)
             if checked is not None:
                 await checked
         if plan.checksum is not None:
             plan.checksum.verify(outcome)
+
+    async def _commitLanded(self, upload: OpenUpload, plan: WritePlan, outcome: BodyOutcome,
+                            running: Any) -> UploadRecord:
+        """
+        Record the bytes that landed (durable first, by the commit), and
+        move the running hash on.
+        """
         newEnd = plan.offset + outcome.written
         try:
             record = await self.store.commit(upload, plan.recorded(newEnd))
@@ -506,22 +522,11 @@ class UploadService:
         if outcome.written and not outcome.overflow:
             cut = replace(outcome, complete=False)
             try:
-                if plan.verify is not None:
-                    checked = plan.verify(cut)
-                    if checked is not None:
-                        await checked
-                if plan.checksum is not None:
-                    plan.checksum.verify(cut)
+                await self._judge(plan, cut)
             except UploadError:
                 pass  # whole or nothing: nothing
             else:
-                newEnd = plan.offset + outcome.written
-                try:
-                    record = await self.store.commit(upload, plan.recorded(newEnd))
-                except OSError as e:
-                    raise diskError(e, "recording the upload") from None
-                if running is not None:
-                    self.hashes.advance(record.id, running, newEnd)
+                await self._commitLanded(upload, plan, cut, running)
                 recorded = outcome.written
         self.log.warn("upload {uploadId}: {reason} after {written} bytes of the body; {recorded} recorded",
                       uploadId=uploadId, reason=answer.reason, written=outcome.written, recorded=recorded)
