@@ -13,6 +13,7 @@ Shared test scaffolding, the one module test modules import helpers from:
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -321,6 +322,24 @@ def mountSmallTmpfs(case: unittest.TestCase, size: str = "4m") -> str:
         raise unittest.SkipTest(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
     case.addCleanup(subprocess.run, ["umount", "-l", mountpoint])
     return mountpoint
+
+
+def fillDisk(case: unittest.TestCase, directory: str) -> str:
+    """
+    Fill every free block of C{directory}'s (small, real) file system with
+    one file, removed at the end of the test; return its path.
+    """
+    filler = os.path.join(directory, "filler")
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 65536):
+            pass
+    except OSError as e:
+        case.assertEqual(e.errno, errno.ENOSPC)
+    finally:
+        os.close(fd)
+    case.addCleanup(lambda: os.path.exists(filler) and os.unlink(filler))
+    return filler
 
 
 def randomBytes(n: int) -> bytes:

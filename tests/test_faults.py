@@ -33,7 +33,7 @@ from twisted.logger import globalLogPublisher
 
 from chunkd.disk import DiskService
 from chunkd.protocols.resumable import FLOW, RESUMABLE, uploadIdFor
-from tests.helpers import TusTestCase, h, randomBytes
+from tests.helpers import TusTestCase, fillDisk, h, randomBytes
 from tests.protocols import test_facade, test_resumable
 
 MiB = 1024 * 1024
@@ -127,18 +127,7 @@ class FullDiskMixin:
         subprocess.run(["mount", "-o", f"remount,size={size}", self.storage], check=True)
 
     def fillDisk(self) -> str:
-        """Fill every free block with another file; return its path."""
-        filler = os.path.join(self.storage, "filler")
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, b"\0" * 65536):
-                pass
-        except OSError as e:
-            self.assertEqual(e.errno, errno.ENOSPC)
-        finally:
-            os.close(fd)
-        self.addCleanup(lambda: os.path.exists(filler) and os.unlink(filler))
-        return filler
+        return fillDisk(self, self.storage)
 
     def dataFile(self, uploadId: str) -> bytes:
         with open(os.path.join(self.storage, "uploads", uploadId + ".data"), "rb") as f:

@@ -28,7 +28,7 @@ from chunkd.store import (
     UploadRecord,
     UploadStore,
 )
-from tests.helpers import deferLater, mountSmallTmpfs, startedDisk
+from tests.helpers import deferLater, fillDisk, mountSmallTmpfs, startedDisk
 
 
 class StoreTestCase(unittest.TestCase):
@@ -181,18 +181,7 @@ class SpaceReserveTests(StoreTestCase):
         return os.path.getsize(self.store.reservePath)
 
     def fillDisk(self) -> str:
-        """Fill every free block with a file; return its path."""
-        filler = os.path.join(self.directory, "filler")
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, b"\0" * 65536):
-                pass
-        except OSError as e:
-            self.assertEqual(e.errno, errno.ENOSPC)
-        finally:
-            os.close(fd)
-        self.addCleanup(lambda: os.path.exists(filler) and os.unlink(filler))
-        return filler
+        return fillDisk(self, self.directory)
 
     def advance(self, record: UploadRecord) -> None:
         record.offset += 1
