@@ -16,16 +16,7 @@ from typing import Dict, Optional
 
 from twisted.trial import unittest
 
-from tests.helpers import CLEAN_EXIT, Daemon, freePort, patchHead, readResponse
-
-
-def create(daemon: Daemon, length: int, extra: bytes = b"") -> str:
-    answer = daemon.request(
-        b"POST /files/ HTTP/1.1\r\nHost: h\r\nTus-Resumable: 1.0.0\r\nUpload-Length: %d\r\n"
-        b"Content-Length: 0\r\n%s\r\n" % (length, extra))
-    assert answer.startswith(b"HTTP/1.1 201"), answer
-    location = [l for l in answer.split(b"\r\n") if l.lower().startswith(b"location:")][0]
-    return location.split(b"/")[-1].strip().decode()
+from tests.helpers import CLEAN_EXIT, Daemon, freePort, patchHead, readResponse, tusCreate
 
 
 def recordOf(daemon: Daemon, uploadId: str) -> Dict:
@@ -48,7 +39,7 @@ class ReloadTests(OperationsTestCase):
     def test_validChangeTakesEffectWithoutDroppingAnUpload(self) -> None:
         daemon = self.start()
         self.assertNotIn(b"Access-Control-Allow-Origin", self.corsAnswer(daemon))
-        uploadId = create(daemon, 10)
+        uploadId = tusCreate(daemon, 10)
         inFlight = daemon.connect()
         inFlight.sendall(patchHead(uploadId, 0, 10) + b"hello")
         time.sleep(0.2)
@@ -84,7 +75,7 @@ class ReloadTests(OperationsTestCase):
 class StopTests(OperationsTestCase):
     def test_bodyInFlightFinishesBeforeExit(self) -> None:
         daemon = self.start({"network": {"shutdown_grace": "10s"}})
-        uploadId = create(daemon, 8)
+        uploadId = tusCreate(daemon, 8)
         s = daemon.connect()
         s.sendall(patchHead(uploadId, 0, 8) + b"abcd")
         time.sleep(0.2)
@@ -101,7 +92,7 @@ class StopTests(OperationsTestCase):
 
     def test_stalledBodyIsCutAfterTheGraceAndItsBytesRecorded(self) -> None:
         daemon = self.start({"network": {"shutdown_grace": "1s"}})
-        uploadId = create(daemon, 1 << 20)
+        uploadId = tusCreate(daemon, 1 << 20)
         s = daemon.connect()
         s.sendall(patchHead(uploadId, 0, 1 << 20) + b"x" * 100000)
         time.sleep(0.3)
@@ -116,7 +107,7 @@ class StopTests(OperationsTestCase):
 class MetricsTests(OperationsTestCase):
     def test_countsUploadsAndBytes(self) -> None:
         daemon = self.start()
-        uploadId = create(daemon, 5)
+        uploadId = tusCreate(daemon, 5)
         answer = daemon.request(patchHead(uploadId, 0, 5) + b"hello")
         self.assertTrue(answer.startswith(b"HTTP/1.1 204"))
         metrics = daemon.request(b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n").decode()
