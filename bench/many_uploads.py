@@ -1,0 +1,154 @@
+"""
+W6: many tus uploads at once, and chunkd's memory while they stream.
+
+    python bench/many_uploads.py [--n 1000] [--size 2MiB] [--budgets 256MiB,0] [--rounds 2]
+
+For each `disk.max_buffered` in --budgets (0: no budget), alternating round
+by round: start chunkd (durable storage, its default) on a free loopback
+port with limits that admit --n connections from one client, send --n tus
+uploads of --size bytes at once (bench/loadgen.py: one connection each,
+POST then one PATCH, bodies by sendfile from one source file), sample the
+server's VmRSS every 50 ms, then check every stored upload byte for byte
+against its slice of the source.  Prints one line per run and a Markdown
+table of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from chunkd.config import parseSize  # noqa: E402
+
+LOADGEN = os.path.join(ROOT, "bench", "loadgen.py")
+MiB = 1024 * 1024
+
+
+def rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def moreFiles() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+def run(work: str, source: str, n: int, size: int, budget: int) -> Dict[str, float]:
+    storage = os.path.join(work, "storage")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = os.path.join(work, "chunkd.yaml")
+    with open(config, "w") as f:
+        f.write(f"listen: 'tcp:port={port}:interface=127.0.0.1'\n"
+                f"storage: {{directory: {storage}}}\n"
+                f"disk: {{max_buffered: {budget}}}\n"
+                f"network: {{max_connections: {n + 100}, max_connections_per_client: {n + 100}}}\n")
+    server = subprocess.Popen([sys.executable, "-m", "twisted", "chunkd", "--config", config],
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), preexec_fn=moreFiles,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise SystemExit("chunkd did not start")
+                time.sleep(0.05)
+        time.sleep(0.5)
+        idle = rss(server.pid)
+        samples: List[int] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                samples.append(rss(server.pid))
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        out = subprocess.run([sys.executable, LOADGEN, "concurrent", "--url", f"http://127.0.0.1:{port}/files/",
+                              "--file", source, "--n", str(n), "--size", str(size)],
+                             capture_output=True, text=True, timeout=1800, preexec_fn=moreFiles)
+        done.set()
+        sampler.join()
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        if "error" in result:
+            raise SystemExit(f"loadgen: {result['error']}")
+        exact = 0
+        with open(source, "rb") as src:
+            for i, path in enumerate(result["paths"]):
+                src.seek(i * size)
+                expected = src.read(size)
+                with open(os.path.join(storage, "uploads", path.rsplit("/", 1)[1] + ".data"), "rb") as f:
+                    exact += f.read() == expected
+        return {"idle": idle / MiB, "peak": max(samples) / MiB, "seconds": result["seconds"],
+                "mbps": result["bytes"] / result["seconds"] / 1e6, "exact": exact}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--size", default="2MiB")
+    parser.add_argument("--budgets", default="256MiB,0")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    size = parseSize(args.size)
+    budgets = [parseSize(b) for b in args.budgets.split(",")]
+    work = tempfile.mkdtemp(prefix="chunkd-many-", dir="/var/tmp")
+    try:
+        source = os.path.join(work, "source.bin")
+        with open(source, "wb") as f:
+            for _ in range(args.n):
+                f.write(os.urandom(size))
+        results: Dict[int, List[Dict[str, float]]] = {b: [] for b in budgets}
+        for round in range(args.rounds):
+            for budget in budgets:
+                figures = run(work, source, args.n, size, budget)
+                results[budget].append(figures)
+                print(f"round {round + 1} max_buffered {budget / MiB:.0f} MiB: peak RSS {figures['peak']:.0f} MiB "
+                      f"(idle {figures['idle']:.0f}), {figures['mbps']:.0f} MB/s, "
+                      f"{figures['exact']:.0f}/{args.n} byte-exact", flush=True)
+        print(f"\n{args.n} tus uploads of {size / MiB:g} MiB at once, durable; {os.cpu_count()} cores; "
+              f"medians of {args.rounds} rounds\n")
+        print("| disk.max_buffered | peak RSS, MiB | idle RSS, MiB | MB/s | byte-exact |")
+        print("|---|---|---|---|---|")
+        for budget in budgets:
+            rows = results[budget]
+            print(f"| {'none' if not budget else f'{budget / MiB:.0f} MiB'} | "
+                  f"{statistics.median(r['peak'] for r in rows):.0f} | {statistics.median(r['idle'] for r in rows):.0f} | "
+                  f"{statistics.median(r['mbps'] for r in rows):.0f} | "
+                  f"{min(r['exact'] for r in rows):.0f}/{args.n} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
