@@ -25,28 +25,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.harness import RSSSampler, statusKB, waitPort  # noqa: E402
 from chunkd.config import parseSize  # noqa: E402
 
 LOADGEN = os.path.join(ROOT, "bench", "loadgen.py")
 MiB = 1024 * 1024
-
-
-def rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except FileNotFoundError:
-        pass
-    return 0
 
 
 def moreFiles() -> None:
@@ -69,32 +57,14 @@ def run(work: str, source: str, n: int, size: int, budget: int) -> Dict[str, flo
                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), preexec_fn=moreFiles,
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise SystemExit("chunkd did not start")
-                time.sleep(0.05)
-        time.sleep(0.5)
-        idle = rss(server.pid)
-        samples: List[int] = []
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                samples.append(rss(server.pid))
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample)
+        waitPort(port, server)
+        idle = statusKB(server.pid, "VmRSS:") * 1024
+        sampler = RSSSampler([server.pid], interval=0.05)
         sampler.start()
         out = subprocess.run([sys.executable, LOADGEN, "concurrent", "--url", f"http://127.0.0.1:{port}/files/",
                               "--file", source, "--n", str(n), "--size", str(size)],
                              capture_output=True, text=True, timeout=1800, preexec_fn=moreFiles)
-        done.set()
-        sampler.join()
+        peak = sampler.stop() * 1024
         result = json.loads(out.stdout.strip().splitlines()[-1])
         if "error" in result:
             raise SystemExit(f"loadgen: {result['error']}")
@@ -105,7 +75,7 @@ def run(work: str, source: str, n: int, size: int, budget: int) -> Dict[str, flo
                 expected = src.read(size)
                 with open(os.path.join(storage, "uploads", path.rsplit("/", 1)[1] + ".data"), "rb") as f:
                     exact += f.read() == expected
-        return {"idle": idle / MiB, "peak": max(samples) / MiB, "seconds": result["seconds"],
+        return {"idle": idle / MiB, "peak": peak / MiB, "seconds": result["seconds"],
                 "mbps": result["bytes"] / result["seconds"] / 1e6, "exact": exact}
     finally:
         server.terminate()
