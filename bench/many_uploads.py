@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--size", default="2MiB")
     parser.add_argument("--budgets", default="256MiB,0")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", default="", help="also write every run's figures to this file")
     args = parser.parse_args()
     size = parseSize(args.size)
     budgets = [parseSize(b) for b in args.budgets.split(",")]
@@ -116,6 +117,10 @@ def main() -> None:
                   f"{statistics.median(r['peak'] for r in rows):.0f} | {statistics.median(r['idle'] for r in rows):.0f} | "
                   f"{statistics.median(r['mbps'] for r in rows):.0f} | "
                   f"{min(r['exact'] for r in rows):.0f}/{args.n} |")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"n": args.n, "size": size, "rounds": args.rounds,
+                           "runs": {str(b): rows for b, rows in results.items()}}, f, indent=1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

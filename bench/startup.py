@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=100000)
     parser.add_argument("--tree", action="append", help="chunkd source tree (repeatable)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", default="", help="also write every run's figures to this file")
     args = parser.parse_args()
     trees = args.tree or [ROOT]
     work = tempfile.mkdtemp(prefix="chunkd-startup-", dir="/var/tmp")
@@ -102,14 +103,19 @@ def main() -> None:
                 json.dump(record(uploadId, now), f)
             open(os.path.join(uploads, uploadId + ".data"), "wb").close()
         print(f"{args.uploads} upload records written")
+        runs: dict = {tree: [] for tree in trees}
         for round in range(args.rounds):
             for tree in trees:
                 figures = measure(tree, work, ids[-1])
+                runs[tree].append(figures)
                 checked = "-" if figures["checked"] is None else f"{figures['checked']:.2f}s"
                 print(f"round {round + 1} {tree}: listening {figures['listening']:.2f}s, "
                       f"first HEAD answered {figures['firstAnswer']:.2f}s, records checked {checked}")
                 for line in figures["log"]:
                     print("    " + line)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"uploads": args.uploads, "rounds": args.rounds, "runs": runs}, f, indent=1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
