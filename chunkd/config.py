@@ -15,7 +15,7 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import yaml
 
@@ -400,7 +400,7 @@ def _convert(key: str, f: dataclasses.Field, value: object) -> object:
                 raise ValueError("expected an endpoint or a non-empty list of endpoints")
             if len(set(value)) != len(value):
                 raise ValueError("the same endpoint is listed twice")
-            return tuple(_checkEndpoint(v) for v in value)
+            return tuple(value)  # parsed by Twisted once the rest is valid: see loadConfig
         if kind == "mapping":
             if not isinstance(value, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()
@@ -424,8 +424,6 @@ def _convert(key: str, f: dataclasses.Field, value: object) -> object:
             return value
         if not isinstance(value, str):
             raise ValueError("expected a string")
-        if kind == "endpoint":
-            return _checkEndpoint(value)
         if kind == "log_level" and value not in LOG_LEVELS:
             raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
         return value
@@ -540,12 +538,19 @@ def _checkAuth(config: Config) -> None:
 
 
 def loadConfig(
-    path: Optional[str] = None, overrides: Optional[Mapping[str, object]] = None
+    path: Optional[str] = None,
+    overrides: Optional[Mapping[str, object]] = None,
+    beforeEndpoints: Optional[Callable[[Config], object]] = None,
 ) -> Config:
     """
     Read the YAML file at C{path} (or use the embedded defaults when C{None}),
     apply C{overrides} given as dotted keys (C{{"storage.directory": "/x"}}),
     and validate the result.
+
+    @param beforeEndpoints: called with the config once everything but the
+        listeners is valid, before Twisted parses those: parsing them
+        imports the reactor, and chunkd decides first whether it needs TLS
+        (L{chunkd.lazytls}).
 
     @raise ConfigError: naming the key, when anything is wrong.
     """
@@ -568,7 +573,15 @@ def loadConfig(
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
-    return _checkSemantics(_build(Config, data, ""))
+    config = _checkSemantics(_build(Config, data, ""))
+    if beforeEndpoints is not None:
+        beforeEndpoints(config)
+    for endpoint in config.listen:
+        try:
+            _checkEndpoint(endpoint)
+        except ValueError as e:
+            raise ConfigError("listen", str(e)) from None
+    return config
 
 
 def checkStorageDirectory(config: Config) -> None:

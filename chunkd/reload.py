@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 
 from twisted.logger import Logger
 
+from chunkd import lazytls
 from chunkd.config import Config, ConfigError, loadConfig
 
 #: dotted keys whose change needs a restart
@@ -92,6 +93,12 @@ class Reloader:
         old = flatten(asdict(self.running))
         changed = sorted(k for k, v in flatten(asdict(new)).items() if old.get(k) != v)
         needRestart = [k for k in changed if k in RESTART_KEYS or k.startswith("listen")]
+        if "hooks.endpoints" in changed and not lazytls.available() and lazytls.reasons(new):
+            # The running webhooks stay: an https one cannot be sent by a
+            # process that started without TLS (chunkd/lazytls.py).
+            self.log.warn("config: https webhooks need TLS, which this chunkd started without "
+                          "(nothing in its config needed it); hooks.endpoints takes effect after a restart")
+            needRestart.append("hooks.endpoints")
         if needRestart:
             self.log.warn("config: {keys} changed; that takes effect after a restart",
                           keys=", ".join(needRestart))

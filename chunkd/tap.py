@@ -7,29 +7,15 @@ C{server_tap}).
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from twisted.application.service import IService
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from chunkd.app import Chunkd
 from chunkd.config import Config, ConfigError, checkStorageDirectory, loadConfig
-from chunkd.disk import DiskService
-from chunkd.hooks import HookSender
-from chunkd.janitor import Janitor
-from chunkd.logs import LogLevelControl
-from chunkd.notify import NotifierService, SystemdNotifier
-from chunkd.reload import Reloader
-from chunkd.services import (
-    Reconciler,
-    SequentialMultiService,
-    StartupHooks,
-    WebService,
-    summary,
-    tuneMalloc,
-)
-from chunkd.store import UploadStore
+from chunkd.lazytls import withoutTLSUnlessNeeded
+
+if TYPE_CHECKING:
+    from twisted.application.service import IService
 
 
 class Options(usage.Options):
@@ -51,7 +37,10 @@ class Options(usage.Options):
             overrides["storage.directory"] = self["storage"]
         self.overrides = overrides
         try:
-            config = loadConfig(self["config"], overrides)
+            # Before Twisted's TCP and endpoint modules are first imported
+            # (checking the listeners does): they decide once whether TLS
+            # exists (chunkd/lazytls.py).
+            config = loadConfig(self["config"], overrides, beforeEndpoints=withoutTLSUnlessNeeded)
             checkStorageDirectory(config)
         except ConfigError as e:
             # One clear line and a non-zero exit, not a usage dump or traceback.
@@ -60,7 +49,28 @@ class Options(usage.Options):
         self.chunkdConfig = config
 
 
-def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
+def makeService(options: Any, reactor: Optional[Any] = None) -> "IService":
+    # Imported here, not at the top: twistd imports this module for its
+    # Options before the config is read, and these pull in the reactor.
+    from twisted.internet.endpoints import serverFromString
+
+    from chunkd.app import Chunkd
+    from chunkd.disk import DiskService
+    from chunkd.hooks import HookSender
+    from chunkd.janitor import Janitor
+    from chunkd.logs import LogLevelControl
+    from chunkd.notify import NotifierService, SystemdNotifier
+    from chunkd.reload import Reloader
+    from chunkd.services import (
+        Reconciler,
+        SequentialMultiService,
+        StartupHooks,
+        WebService,
+        summary,
+        tuneMalloc,
+    )
+    from chunkd.store import UploadStore
+
     if reactor is None:
         from twisted.internet import reactor as _reactor
 

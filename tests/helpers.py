@@ -597,6 +597,43 @@ class Daemon:
         self.log.close()
 
 
+def makeCertificate(directory: str) -> Tuple[str, str, bytes]:
+    """
+    A self-signed certificate for C{localhost} and 127.0.0.1 and its key,
+    written as PEM files; returns their paths and the certificate's PEM.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certPem = certificate.public_bytes(serialization.Encoding.PEM)
+    keyPath, certPath = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
+    with open(keyPath, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(certPath, "wb") as f:
+        f.write(certPem)
+    return keyPath, certPath, certPem
+
+
 def tusCreate(daemon: Daemon, length: int, extra: bytes = b"") -> str:
     """Create a tus upload of C{length} bytes on C{daemon}: its id."""
     answer = daemon.request(

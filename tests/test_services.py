@@ -9,59 +9,24 @@ refused at start in one line.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from typing import Any, Tuple
+from typing import Any
 from urllib.parse import urlencode
 
 from treq.client import HTTPClient
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import defer, reactor
 from twisted.internet.ssl import Certificate
 from twisted.trial import unittest
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseFailed
 
-from tests.helpers import ROOT, Daemon, freePort, h, waitForPort
+from tests.helpers import ROOT, Daemon, freePort, h, makeCertificate, waitForPort
 
 TUS = {"Tus-Resumable": "1.0.0"}
-
-
-def makeCertificate(directory: str) -> Tuple[str, str, bytes]:
-    """
-    A self-signed certificate for C{localhost} and 127.0.0.1 and its key,
-    written as PEM files; returns their paths and the certificate's PEM.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    certPem = certificate.public_bytes(serialization.Encoding.PEM)
-    keyPath, certPath = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
-    with open(keyPath, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    with open(certPath, "wb") as f:
-        f.write(certPem)
-    return keyPath, certPath, certPem
 
 
 class TLSTests(unittest.TestCase):

@@ -1,0 +1,97 @@
+"""
+chunkd.lazytls: a chunkd whose configuration needs no TLS never loads
+pyOpenSSL or cryptography (checked in real processes, in their memory
+maps); one with an C{ssl:} listener or an https webhook does, and serves
+TLS; a reload cannot bring https webhooks into a process started without
+TLS, and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import tempfile
+from dataclasses import replace
+
+from twisted.trial import unittest
+
+from chunkd import lazytls
+from chunkd.config import loadConfig
+from tests.helpers import Daemon, freePort, makeCertificate, readResponse, tusCreate, waitForPort
+
+
+def loadsCryptography(daemon: Daemon) -> bool:
+    """Whether cryptography's compiled extension is mapped into the process."""
+    with open(f"/proc/{daemon.process.pid}/maps") as f:
+        return "cryptography" in f.read()
+
+
+class ReasonsTests(unittest.TestCase):
+    def test_plainConfigNeedsNoTLS(self) -> None:
+        config = loadConfig(None, {"hooks.endpoints": [{"url": "http://127.0.0.1:9/hook"}]})
+        self.assertEqual(lazytls.reasons(config), [])
+
+    def test_tlsListenersAndHttpsWebhooks(self) -> None:
+        config = replace(loadConfig(None, {"hooks.endpoints": [{"url": "http://a/"}, {"url": "https://b/"}]}),
+                         listen=("tcp:port=0:interface=127.0.0.1", "ssl:port=0:privateKey=k.pem"))
+        self.assertEqual(lazytls.reasons(config), ["listen: ssl:", "hooks.endpoints[1].url (https)"])
+
+    def test_aRunnerThatLoadedTheReactorKeepsTLS(self) -> None:
+        """
+        Trial imported the reactor (and with it TLS) before chunkd: nothing
+        is refused, TLS stays available.
+        """
+        self.assertFalse(lazytls.withoutTLSUnlessNeeded(loadConfig(None, {})))
+        self.assertTrue(lazytls.available())
+
+
+class DaemonTests(unittest.TestCase):
+    def start(self, config: dict, alsoListen: "list[str]" = []) -> Daemon:
+        daemon = Daemon(config, alsoListen=alsoListen)
+        self.addCleanup(daemon.stop)
+        return daemon
+
+    def test_plainDaemonLoadsNoTLSAndServes(self) -> None:
+        daemon = self.start({"hooks": {"endpoints": [{"url": "http://127.0.0.1:9/hook"}]}})
+        self.assertFalse(loadsCryptography(daemon))
+        self.assertTrue(tusCreate(daemon, 10))
+        self.assertNotIn("Traceback", daemon.logText())
+
+    def test_sslListenerLoadsTLSAndServesIt(self) -> None:
+        certs = tempfile.mkdtemp(prefix="chunkd-lazytls-")
+        keyPath, certPath, certPem = makeCertificate(certs)
+        tlsPort = freePort()
+        daemon = self.start({}, alsoListen=[
+            f"ssl:port={tlsPort}:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"])
+        self.assertTrue(waitForPort(tlsPort, daemon.process), daemon.logText())
+        self.assertTrue(loadsCryptography(daemon))
+        context = ssl.create_default_context(cadata=certPem.decode())
+        with socket.create_connection(("127.0.0.1", tlsPort), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"OPTIONS /files/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                answer = readResponse(s)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:200])
+
+    def test_httpsWebhookLoadsTLS(self) -> None:
+        daemon = self.start({"hooks": {"endpoints": [{"url": "https://127.0.0.1:9/hook"}]}})
+        self.assertTrue(loadsCryptography(daemon))
+
+    def test_reloadKeepsHttpsWebhooksOutOfAProcessWithoutTLS(self) -> None:
+        daemon = self.start({})
+        config = dict(daemon.config, hooks={"endpoints": [{"url": "https://127.0.0.1:9/hook"}]},
+                      limits={"max_size": "1MiB"})
+        daemon.writeConfig(config)
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.waitForLog("config reloaded")
+        log = daemon.logText()
+        self.assertIn("https webhooks need TLS, which this chunkd started without", log)
+        self.assertIn("changed: limits.max_size", log)
+        self.assertNotIn("Traceback", log)
+        self.assertFalse(loadsCryptography(daemon))
+        # what could change did: an upload over the new limit is refused
+        answer = daemon.request(b"POST /files/ HTTP/1.1\r\nHost: h\r\nTus-Resumable: 1.0.0\r\n"
+                                b"Upload-Length: 2097152\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413"), answer[:200])
+        self.assertTrue(os.path.isdir(daemon.dir))
