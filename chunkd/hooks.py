@@ -41,12 +41,10 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import fcntl
 
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from chunkd.config import Config, HookEndpoint
 from chunkd.errors import ServiceUnavailable, UploadError
@@ -133,8 +131,9 @@ class HookSender(Service):
         self.store = store
         self.reactor = reactor
         self.spool = os.path.join(store.directory, "hooks")
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._client = HTTPClient(Agent(reactor, pool=self._pool))
+        #: the HTTP client, made at the first delivery (L{_http})
+        self._pool: Any = None
+        self._client: Any = None
         self._retries: Dict[str, Any] = {}
         self._inflight: "set[Deferred[Any]]" = set()
         #: spool files this process has claimed: path -> the descriptor
@@ -212,7 +211,7 @@ class HookSender(Service):
             # What is still spooled is another process's to send now.
             released = [self._release(path) for path in list(self._claims)]
             done = DeferredList(released, consumeErrors=True)
-            return done.addCallback(lambda _: self._pool.closeCachedConnections())
+            return done.addCallback(lambda _: self._pool and self._pool.closeCachedConnections())
 
         return d.addCallback(release)
 
@@ -258,8 +257,22 @@ class HookSender(Service):
         }
         if endpoint.secret:
             headers["Chunkd-Signature"] = sign(endpoint.secret, body)
-        return self._client.post(endpoint.url, data=body, headers=headers,
+        return self._http().post(endpoint.url, data=body, headers=headers,
                                  timeout=self.config.hooks.timeout)
+
+    def _http(self) -> Any:
+        """
+        The HTTP client, made (and treq and Twisted's web client imported)
+        at the first delivery: most chunkd processes never send one, and
+        the idle daemon is smaller without them (issue 14).
+        """
+        if self._client is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent, HTTPConnectionPool
+
+            self._pool = HTTPConnectionPool(self.reactor, persistent=True)
+            self._client = HTTPClient(Agent(self.reactor, pool=self._pool))
+        return self._client
 
     # -- pre-create (blocking) -----------------------------------------------
 
