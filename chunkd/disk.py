@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from typing import Any, Callable, List, Optional, Sequence, Tuple
+from weakref import WeakSet
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -53,12 +54,13 @@ class DiskService(Service):
     #: bytes accepted by all writers and not yet written, now and at most.
     queued = 0
     peakQueued = 0
-    #: the global write budget (C{disk.max_buffered}; 0: none): past it,
-    #: every writer that takes more pauses its socket, however little it
-    #: holds itself, so a thousand uploads on a slow disk cannot hold a
-    #: thousand high-water marks of memory (at most the budget, plus the
-    #: one socket read each connection may deliver as it is paused).  They
-    #: resume once the total is back under three quarters of it.
+    #: the global write budget (C{disk.max_buffered}; 0: none): the moment
+    #: one read takes the total past it, every streaming writer pauses its
+    #: socket, however little it holds itself, so a thousand uploads on a
+    #: slow disk cannot hold a thousand high-water marks of memory -- nor a
+    #: thousand more socket reads, as they would if each paused only at
+    #: its own next read (issue 14, W6).  They resume once the total is
+    #: back under three quarters of it.
     maxBuffered = 0
 
     def __init__(self, reactor: Any, threads: int) -> None:
@@ -70,6 +72,9 @@ class DiskService(Service):
         self._drained: Optional[OneShotResult[None]] = None
         #: writers paused by the budget, resumed in order once under it
         self._overBudget: List["OffsetWriter"] = []
+        #: writers steering a producer (a socket), which the budget may
+        #: pause; weak, so a writer dropped without detach() is not kept
+        self._streaming: "WeakSet[OffsetWriter]" = WeakSet()
 
     def overBudget(self, resuming: bool = False) -> bool:
         """
@@ -83,6 +88,14 @@ class DiskService(Service):
     def waitForBudget(self, writer: "OffsetWriter") -> None:
         if writer not in self._overBudget:
             self._overBudget.append(writer)
+
+    def holdEveryWriter(self) -> None:
+        """
+        Past the budget: pause every streaming writer's socket now, not at
+        its next read.
+        """
+        for writer in list(self._streaming):
+            writer._holdForBudget()
 
     def budgetFreed(self) -> None:
         """Some bytes were written: resume the writers the budget paused."""
@@ -206,6 +219,8 @@ class OffsetWriter:
         self.error: Optional[BaseException] = None
         #: called with L{written} after every batch that reached the file
         self.progress: Optional[Callable[[int], None]] = None
+        if producer is not None:
+            disk._streaming.add(self)
 
     def write(self, data: Any) -> None:
         """
@@ -224,10 +239,16 @@ class OffsetWriter:
                 self._paused = True
                 self._producer.pauseProducing()
             elif self._disk.overBudget():
-                self._paused = True
-                self._producer.pauseProducing()
-                self._disk.waitForBudget(self)
+                self._disk.holdEveryWriter()  # this one included
         self._kick()
+
+    def _holdForBudget(self) -> None:
+        if self._producer is None or self._paused:
+            return
+        self._paused = True
+        self._producer.pauseProducing()
+        self._disk.waitForBudget(self)
+        self._kick()  # what it gathered goes to the disk, or the budget never frees
 
     def flush(self) -> Deferred[int]:
         """
@@ -360,4 +381,5 @@ class OffsetWriter:
         """
         self._producer = None
         self._paused = False
+        self._disk._streaming.discard(self)
         self._kick()
