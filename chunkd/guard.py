@@ -71,6 +71,7 @@ from chunkd.errors import (
     UploadError,
     URITooLong,
 )
+from chunkd.streaming import HEAD_READ, setReadSize
 from chunkd.web import clientAddress, renderRawError
 
 #: what Retry-After says to a client over its limit (seconds)
@@ -286,6 +287,7 @@ class GuardedChannel(HTTPChannel):
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         self._counted = key
+        setReadSize(self.transport, HEAD_READ)
         super().connectionMade()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]

@@ -35,6 +35,25 @@ if TYPE_CHECKING:
 
 
 
+#: the socket read size until a request's headers say how large its body
+#: is: a thousand connections starting uploads at once each bring one such
+#: read with their headers, before any write budget can pause them (issue
+#: 14, W6), so it is a little more than a request head needs, not
+#: Twisted's 64 KiB.
+HEAD_READ = 16 * 1024
+#: Twisted's own (C{tcp.Connection.bufferSize}), when disk.read_size is 0
+_TWISTED_READ = 64 * 1024
+
+
+def setReadSize(transport: Any, size: int) -> None:
+    """
+    How much the next socket reads of C{transport} may bring.  (A TLS
+    transport has no C{bufferSize}; it keeps its own.)
+    """
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = size
+
+
 class BodySink(Protocol):
     """
     Where one request's body goes.  Exactly one of L{bodyEnded} and
@@ -153,14 +172,11 @@ class StreamingRequest(server.Request):
         self.bodyLength = length
         self.bodyReceived = 0
         site = self.chunkdSite
-        readSize = getattr(site, "readSize", 0)
-        if readSize and (length is None or length > readSize):
-            # Fewer, larger reads for a large body: a quarter of the calls
-            # into the HTTP parser and the sink per MiB.  (A TLS transport
-            # has no bufferSize; it keeps its own.)
-            transport: Any = self.transport
-            if hasattr(transport, "bufferSize"):
-                transport.bufferSize = readSize
+        readSize = getattr(site, "readSize", 0) or _TWISTED_READ
+        # Fewer, larger reads for a large body (disk.read_size): a quarter
+        # of the calls into the HTTP parser and the sink per MiB; a small
+        # one in one read.
+        setReadSize(self.transport, readSize if length is None else max(HEAD_READ, min(length, readSize)))
         self.trailers = Headers()
         self._decoder = getattr(self.channel, "_transferDecoder", None)
         self.bodySink = site.routes.sinkFor(self)
@@ -203,6 +219,7 @@ class StreamingRequest(server.Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._bodyOpen = False
+        setReadSize(self.transport, HEAD_READ)  # the next request's head
         self.trailers = _trailersOf(self._decoder)
         self._decoder = None
         self.bodySink.bodyEnded(self.trailers)

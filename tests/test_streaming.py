@@ -12,7 +12,17 @@ from typing import Any
 
 from twisted.internet import defer
 
-from tests.helpers import TusTestCase, deferLater, h, parseResponse, patchHead, randomBytes, rawRequest
+from tests.helpers import (
+    RawConnection,
+    TusTestCase,
+    deferLater,
+    finalResponse,
+    h,
+    parseResponse,
+    patchHead,
+    randomBytes,
+    rawRequest,
+)
 
 
 class StreamingTests(TusTestCase):
@@ -198,3 +208,49 @@ class CheckpointTests(TusTestCase):
         yield deferLater(0.2)
         r = yield self.head(uploadId)
         self.assertEqual(h(r, "upload-offset"), "0")
+
+
+class ReadSizeTests(TusTestCase):
+    """
+    How much one socket read may bring: HEAD_READ (16 KiB) until a
+    request's headers say how large its body is -- a thousand uploads
+    starting at once each bring one such read before any write budget can
+    pause them -- then disk.read_size for a large body, the body's length
+    for a small one, and HEAD_READ again for the next request's head.
+    """
+
+    def transport(self, connection: RawConnection) -> Any:
+        """The server's side of C{connection}."""
+        port = connection.transport.getHost().port  # type: ignore[union-attr]
+        [channel] = [c for c in self.site.channels
+                     if c.transport is not None and c.transport.getPeer().port == port]
+        return channel.transport
+
+    @defer.inlineCallbacks
+    def test_headsAreReadSmallAndLargeBodiesLarge(self) -> Any:
+        from chunkd.streaming import HEAD_READ
+
+        length = 3 * self.config.disk.read_size
+        uploadId = yield self.createId(length)
+        connection = yield RawConnection.open(self.port.getHost().port)
+        self.addCleanup(connection.close)
+        yield deferLater(0.05)
+        self.assertEqual(self.transport(connection).bufferSize, HEAD_READ)
+        data = randomBytes(length)
+        connection.write(patchHead(uploadId, 0, length) + data[:1000])
+        yield deferLater(0.1)
+        self.assertEqual(self.transport(connection).bufferSize, self.config.disk.read_size)
+        connection.write(data[1000:])
+        yield connection.waitFor(finalResponse)
+        self.assertEqual(self.transport(connection).bufferSize, HEAD_READ)
+        self.assertEqual(self.dataOf(uploadId), data)
+
+    @defer.inlineCallbacks
+    def test_aSmallBodyInOneRead(self) -> Any:
+        length = 40_000
+        uploadId = yield self.createId(length)
+        connection = yield RawConnection.open(self.port.getHost().port)
+        self.addCleanup(connection.close)
+        connection.write(patchHead(uploadId, 0, length) + b"x")
+        yield deferLater(0.1)
+        self.assertEqual(self.transport(connection).bufferSize, length)
