@@ -10,6 +10,7 @@ bench/README.md.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import hashlib
 import http.client
@@ -18,12 +19,11 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -427,15 +427,82 @@ http {{
         super().stop()
 
 
-SERVER_CLASSES = {c.name: c for c in (Chunkd, ChunkdDurable, ChunkdExperiment, TusNode, Nginx, Express)}
+TUSPY_VENV = os.environ.get("TUSPY_VENV", os.path.join(BENCH, ".venv-tuspy"))
+
+
+class Tuspy(Server):
+    """
+    tuspyserver (PyPI), the tus server a FastAPI user would pick: its router
+    in a FastAPI app as its README sets it up (bench/peers/tuspyserver_app.py),
+    under uvicorn, one process, from its own virtualenv (bench/run.sh makes
+    it).  uvicorn's defaults otherwise, access log included, as a new user
+    runs it; TUSPY_UVICORN_ARGS adds options (e.g. --no-access-log).
+    """
+
+    name = "tuspy"
+    extraEnv: Dict[str, str] = {}
+
+    @staticmethod
+    def python() -> str:
+        return os.path.join(TUSPY_VENV, "bin", "python")
+
+    @classmethod
+    def missing(cls) -> Optional[str]:
+        if not os.access(cls.python(), os.X_OK):
+            return f"no tuspyserver virtualenv at {TUSPY_VENV} (bench/run.sh makes it)"
+        return None
+
+    def command(self) -> List[str]:
+        return [
+            self.python(), "-m", "uvicorn", "tuspyserver_app:app", "--app-dir", os.path.join(BENCH, "peers"),
+            "--host", "127.0.0.1", "--port", str(self.port), *os.environ.get("TUSPY_UVICORN_ARGS", "").split(),
+        ]
+
+    def env(self) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CHUNKD_PYTHONPATH")}
+        env["TUSPY_FILES_DIR"] = self.dir
+        env.update(self.extraEnv)
+        return env
+
+    def tusDataPath(self, urlPath: str) -> str:
+        # tuspyserver keeps an upload's bytes in <files_dir>/<id>, its record in <id>.info
+        return os.path.join(self.dir, urlPath.rstrip("/").rsplit("/", 1)[1])
+
+
+class TuspyMalloc(Tuspy):
+    """
+    tuspyserver at its best: with the glibc malloc thresholds chunkd sets for
+    itself with mallopt() (chunkd/services.py tuneMalloc: M_TRIM_THRESHOLD
+    64 MiB, M_MMAP_THRESHOLD 4 MiB), given here through glibc's environment
+    variables, so it does not pay a brk round trip per body read either.
+    """
+
+    name = "tuspy-malloc"
+    extraEnv = {"MALLOC_TRIM_THRESHOLD_": str(64 * MiB), "MALLOC_MMAP_THRESHOLD_": str(4 * MiB)}
+
+
+SERVER_CLASSES = {c.name: c for c in (Chunkd, ChunkdDurable, ChunkdExperiment, TusNode, Nginx, Express,
+                                      Tuspy, TuspyMalloc)}
+TUS_PEERS = ["tus-node", "tuspy", "tuspy-malloc"]
 
 
 # -- tus helpers -----------------------------------------------------------------
 
 
-def tusCreate(server: Server, length: int) -> str:
+def tusMetadata(filename: str) -> str:
+    """
+    Upload-Metadata with a filename and a filetype, as tus clients send
+    (tus-js-client, Uppy): tuspyserver answers a HEAD 400 for an upload
+    created without both, so every server gets them (loadgen.py too).
+    """
+    b64 = lambda v: base64.b64encode(v.encode()).decode("ascii")  # noqa: E731
+    return f"filename {b64(filename)},filetype {b64('application/octet-stream')}"
+
+
+def tusCreate(server: Server, length: int, filename: str = "bench.bin") -> str:
     c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    c.request("POST", "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(length)})
+    c.request("POST", "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(length),
+                                          "Upload-Metadata": tusMetadata(filename)})
     r = c.getresponse()
     r.read()
     c.close()
@@ -511,7 +578,7 @@ def parseClient(r: Dict[str, Any], who: str) -> Dict[str, Any]:
 class W1SinglePatch(Workload):
     key = "w1"
     title = "1 GiB in one request (curl -T)"
-    servers = ["chunkd", "tus-node", "nginx", "chunkd-durable"]
+    servers = ["chunkd", "chunkd-durable", "tus-node", "tuspy", "tuspy-malloc", "nginx"]
 
     def describe(self) -> str:
         return f"{mib(self.h.size1)} in one request (curl -T)"
@@ -571,7 +638,7 @@ class W1SinglePatch(Workload):
 class W2Patches(Workload):
     key = "w2"
     title = "1 GiB in 5 MiB PATCHes"
-    servers = ["chunkd", "tus-node", "chunkd-durable"]
+    servers = ["chunkd", "chunkd-durable", "tus-node", "tuspy", "tuspy-malloc"]
 
     def describe(self) -> str:
         return f"{mib(self.h.size1)} in 5 MiB PATCHes"
@@ -614,7 +681,7 @@ class W2Patches(Workload):
 class W3Concurrent(Workload):
     key = "w3"
     title = "64 concurrent 16 MiB uploads"
-    servers = ["chunkd", "tus-node", "nginx", "chunkd-durable"]
+    servers = ["chunkd", "chunkd-durable", "tus-node", "tuspy", "tuspy-malloc", "nginx"]
 
     def describe(self) -> str:
         return f"{self.h.n3} concurrent {mib(self.h.size3)} uploads"
@@ -663,7 +730,7 @@ class W3Concurrent(Workload):
 class W4Resumable(Workload):
     key = "w4"
     title = "256 MiB via Resumable.js (1 MiB chunks, 3 at a time)"
-    servers = ["chunkd", "express-multer"]
+    servers = ["chunkd", "chunkd-durable", "express-multer"]
     touch = 768 * MiB
 
     def describe(self) -> str:
@@ -722,7 +789,7 @@ class W4Resumable(Workload):
 class W5Head(Workload):
     key = "w5"
     title = "10,000 HEADs on 100 connections"
-    servers = ["chunkd", "tus-node", "nginx"]
+    servers = ["chunkd", "chunkd-durable", "tus-node", "tuspy", "tuspy-malloc", "nginx"]
     headline = ("rate", "req/s")
     touch = 256 * MiB
     uploads = 100
@@ -861,6 +928,9 @@ class Harness:
             "nginx": sh("nginx -v 2>&1").replace("nginx version: ", ""),
             "curl": sh("curl --version | head -1").split(" (")[0],
             "tus_server": sh(f"node -p \"require('{BENCH}/node_modules/@tus/server/package.json').version\""),
+            "tuspyserver": sh(f"{Tuspy.python()} -c 'import importlib.metadata as m; print(m.version(\"tuspyserver\"))'"),
+            "uvicorn": sh(f"{Tuspy.python()} -c 'import importlib.metadata as m; print(m.version(\"uvicorn\"))'"),
+            "fastapi": sh(f"{Tuspy.python()} -c 'import importlib.metadata as m; print(m.version(\"fastapi\"))'"),
             "twisted": sh(f"{sys.executable} -c 'import twisted; print(twisted.__version__)'"),
             "chunkd_commit": self.chunkdRev,
         }
@@ -870,6 +940,12 @@ class Harness:
         names = [n for n in wl.servers if not self.args.servers or n in self.args.servers]
         if self.args.experiment and wl.key in ("w1", "w2", "w3", "w4"):
             names.append("chunkd-exp")
+        for n in list(names):
+            missing = getattr(SERVER_CLASSES[n], "missing", lambda: None)()
+            if missing:
+                log(f"SKIP {n} in {wl.key}: {missing}")
+                self.results.setdefault("skipped_servers", {})[f"{wl.key} {n}"] = missing
+                names.remove(n)
         if not names:
             return
         servers: List[Server] = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -158,8 +159,21 @@ def locationPath(headers: Headers) -> str:
     return urlsplit(loc).path
 
 
-async def tusCreate(conn: Conn, prefix: str, length: int) -> str:
-    status, h, _ = await conn.request("POST", prefix, {**TUS, "Upload-Length": str(length)})
+def tusMetadata(filename: str) -> str:
+    """
+    A filename and a filetype, as tus clients send them (tus-js-client,
+    Uppy): tuspyserver answers a HEAD 400 for an upload created without
+    both, so every server is sent them.
+    """
+    def b64(v: str) -> str:
+        return base64.b64encode(v.encode()).decode("ascii")
+
+    return f"filename {b64(filename)},filetype {b64('application/octet-stream')}"
+
+
+async def tusCreate(conn: Conn, prefix: str, length: int, filename: str = "bench.bin") -> str:
+    status, h, _ = await conn.request(
+        "POST", prefix, {**TUS, "Upload-Length": str(length), "Upload-Metadata": tusMetadata(filename)})
     if status != 201:
         raise HTTPError(f"creation answered {status}")
     return locationPath(h)

@@ -15,5 +15,11 @@ if [ -z "$BENCH_NO_INSTALL" ]; then
     (cd "$here" && npm install --no-audit --no-fund --loglevel=error)
     python3 -m pip install -q --disable-pip-version-check matplotlib py-spy \
         "twisted[tls]>=25.5" "klein>=24.8" "treq>=24.9" "pyyaml>=6.0" "multipart>=1.2" service-identity "prometheus-client>=0.20"
+    # tuspyserver, the Python tus peer, in a virtualenv of its own: its
+    # FastAPI/Starlette stack must not mix with chunkd's environment.
+    venv="${TUSPY_VENV:-$here/.venv-tuspy}"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+        tuspyserver==4.4.3 fastapi==0.165.0 uvicorn==0.55.0
 fi
 exec python3 "$here/harness.py" "$@"
