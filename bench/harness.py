@@ -953,9 +953,14 @@ class Harness:
         for i, n in enumerate(names):
             servers.append(SERVER_CLASSES[n](self.workdir, port + i))
         log(f"== {wl.key}: {wl.title}: {', '.join(names)} x {self.runs} runs")
+        idle: Dict[str, float] = {}
+        idleWarm: Dict[str, float] = {}
         try:
             for s in servers:
                 s.start()
+                time.sleep(0.5)
+                # idle: started, listening, nothing asked yet
+                idle[s.name] = sum(statusKB(p, "VmRSS:") for p in s.pids()) / 1024
             if isinstance(wl, W4Resumable):
                 ch = [s for s in servers if isinstance(s, Chunkd)]
                 if ch and not ch[0].resumableAvailable():
@@ -967,6 +972,12 @@ class Harness:
             for s in servers:
                 log(f"   warm-up {s.name}")
                 wl.warmup(s)
+            time.sleep(0.5)
+            for s in servers:
+                # idle again after the warm-up: what is held before the first timed run
+                idleWarm[s.name] = sum(statusKB(p, "VmRSS:") for p in s.pids()) / 1024
+                log(f"   idle RSS {s.name}: {idle[s.name]:.1f} MB after start, "
+                    f"{idleWarm[s.name]:.1f} MB before the first timed run")
             runs: Dict[str, List[Dict[str, Any]]] = {s.name: [] for s in servers}
             failures: Dict[str, List[str]] = {s.name: [] for s in servers}
             for r in range(self.runs):
@@ -1011,6 +1022,7 @@ class Harness:
             self.results["workloads"][wl.key] = {
                 "title": wl.describe(), "headline": wl.headline, "servers": names,
                 "runs": runs, "failures": failures, "vmhwm_mb": hwm,
+                "idle_rss_mb": idle, "idle_rss_before_runs_mb": idleWarm,
             }
             self.save()
         finally:
