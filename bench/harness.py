@@ -838,7 +838,79 @@ class W5Head(Workload):
         return f"{bad} stored files changed" if bad else None
 
 
-WORKLOADS = [W1SinglePatch, W2Patches, W3Concurrent, W4Resumable, W5Head]
+class W8HeadWhileStreaming(Workload):
+    key = "w8"
+    title = "HEAD latency while 16 uploads stream"
+    servers = ["chunkd-durable", "chunkd", "tus-node", "tuspy", "tuspy-malloc"]
+    headline = ("head_p99_ms", "HEAD p99 ms")
+    streams = 16
+    headLength = 64 * 1024
+
+    def __init__(self, h: "Harness") -> None:
+        super().__init__(h)
+        self.targets: Dict[str, str] = {}
+
+    def describe(self) -> str:
+        return (f"HEAD latency while {self.streams} tus uploads of {mib(self.h.size8)} stream "
+                f"({self.h.duration8:g} s, 4 HEAD connections, 10 ms apart)")
+
+    def warmup(self, server: Server) -> None:
+        # the finished upload the HEADs ask about: bytes 0..64 KiB of the source
+        path = tusCreate(server, self.headLength, "w8-head.bin")
+        with open(self.h.src1, "rb") as f:
+            body = f.read(self.headLength)
+        c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        c.request("PATCH", path, body=body, headers={
+            "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+        r = c.getresponse()
+        r.read()
+        c.close()
+        if r.status != 204:
+            raise RuntimeError(f"{server.name}: PATCH of the HEAD target answered {r.status}")
+        self.targets[server.name] = path
+
+    def setup(self, server: Server) -> Any:
+        return {}
+
+    def run(self, server: Server, state: Any) -> Dict[str, Any]:
+        r = runClient(loadgen("headload", "--url", server.base + "/files/", "--file", self.h.src1,
+                              "--streams", str(self.streams), "--size", str(self.h.size8),
+                              "--duration", str(self.h.duration8), "--head-path", self.targets[server.name],
+                              "--head-length", str(self.headLength)))
+        out = parseClient(r, server.name)
+        state["uploads"] = out["uploads"]
+        head = out["head"]
+        if not head["requests"]:
+            raise RuntimeError(f"{server.name}: no HEAD was answered while the uploads streamed")
+        if set(head["statuses"]) != {"200"} or head["wrong_offset"]:
+            raise RuntimeError(f"{server.name}: HEAD statuses {head['statuses']}, "
+                               f"{head['wrong_offset']} with a wrong Upload-Offset")
+        return {"seconds": out["seconds"], "mbps": out["bytes"] / out["seconds"] / 1e6,
+                "uploads": len(out["uploads"]), "heads": head["requests"],
+                "head_p50_ms": head["lat_p50_ms"], "head_p99_ms": head["lat_p99_ms"],
+                "head_max_ms": head["lat_max_ms"], "client_cpu": r["cpu"]}
+
+    def verify(self, server: Server, state: Any, result: Dict[str, Any]) -> Optional[str]:
+        bad = 0
+        for path, slot in state["uploads"]:
+            p = server.tusDataPath(path)
+            if not os.path.exists(p) or sha256File(p) != self.h.sha8[slot]:
+                bad += 1
+        target = server.tusDataPath(self.targets[server.name])
+        if not os.path.exists(target) or sha256File(target) != self.h.sha8head:
+            bad += 1
+        return f"{bad} of {len(state['uploads']) + 1} stored files have the wrong sha256" if bad else None
+
+    def cleanup(self, server: Server, state: Any, result: Dict[str, Any]) -> None:
+        for path, _ in state.get("uploads", []):
+            try:
+                os.unlink(server.tusDataPath(path))
+            except FileNotFoundError:
+                pass
+            tusDelete(server, path)
+
+
+WORKLOADS = [W1SinglePatch, W2Patches, W3Concurrent, W4Resumable, W5Head, W8HeadWhileStreaming]
 
 
 # -- the harness -------------------------------------------------------------------
@@ -854,6 +926,7 @@ class Harness:
         self.n3, self.size3 = (16, 4 * MiB) if quick else (64, 16 * MiB)
         self.size4 = 32 * MiB if quick else 256 * MiB
         self.n5 = 2000 if quick else 10000
+        self.size8, self.duration8 = (8 * MiB, 2.0) if quick else (64 * MiB, 5.0)
         self.runs = args.runs or (2 if quick else 5)
         self.results: Dict[str, Any] = {"workloads": {}, "skipped": {}}
         self.resultsDir = os.path.abspath(args.results)
@@ -910,6 +983,8 @@ class Harness:
         self.sha4 = sha256File(self.src4)
         self.sha5 = [sha256Range(self.src1, i * W5Head.size, W5Head.size) for i in range(W5Head.uploads)]
         self.shaWarm = sha256File(self.srcWarm)
+        self.sha8 = [sha256Range(self.src1, i * self.size8, self.size8) for i in range(W8HeadWhileStreaming.streams)]
+        self.sha8head = sha256Range(self.src1, 0, W8HeadWhileStreaming.headLength)
 
     def machine(self) -> Dict[str, str]:
         def sh(cmd: str) -> str:
@@ -1050,6 +1125,7 @@ class Harness:
         self.results["machine"] = self.machine()
         self.results["config"] = {"runs": self.runs, "quick": self.args.quick, "size1": self.size1,
                                   "n3": self.n3, "size3": self.size3, "size4": self.size4, "n5": self.n5,
+                                  "size8": self.size8, "duration8": self.duration8,
                                   "quiet_wait": self.args.quiet_wait, "quiet_limit": self.args.quiet_limit,
                                   "nginx_body_buffer": os.environ.get("NGINX_BODY_BUFFER", "1m")}
         self.makeSources()
