@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -910,7 +910,74 @@ class W8HeadWhileStreaming(Workload):
             tusDelete(server, path)
 
 
-WORKLOADS = [W1SinglePatch, W2Patches, W3Concurrent, W4Resumable, W5Head, W8HeadWhileStreaming]
+class ScriptWorkload:
+    """
+    A workload measured by a script of its own (bench/many_uploads.py,
+    bench/startup.py) against chunkd alone: the harness runs it once per
+    variant with --json and keeps its figures under the workload's key.
+    """
+
+    key = "w?"
+    title = "?"
+    script = "?"
+    servers = ["chunkd-durable"]
+
+    def __init__(self, h: "Harness") -> None:
+        self.h = h
+
+    def describe(self) -> str:
+        return self.title
+
+    def variants(self, root: str) -> List[Tuple[str, Optional[List[str]], str]]:
+        """(name, arguments or None to skip, why skipped)"""
+        raise NotImplementedError
+
+
+class W6ManyUploads(ScriptWorkload):
+    key = "w6"
+    title = "many tus uploads at once under the write budget (bench/many_uploads.py)"
+    script = "many_uploads.py"
+    budgets = "256MiB,0"
+
+    def sizes(self) -> Tuple[int, str]:
+        return (200, "1MiB") if self.h.args.quick else (1000, "2MiB")
+
+    def describe(self) -> str:
+        n, size = self.sizes()
+        return (f"{n:,} tus uploads of {size.replace('MiB', ' MiB')} at once, durable, "
+                f"disk.max_buffered 256 MiB and none (bench/many_uploads.py)")
+
+    def variants(self, root: str) -> List[Tuple[str, Optional[List[str]], str]]:
+        n, size = self.sizes()
+        args = ["--n", str(n), "--size", size, "--budgets", self.budgets, "--rounds", str(self.h.runs)]
+        helpText = subprocess.run([sys.executable, os.path.join(root, "bench", self.script), "--help"],
+                                  capture_output=True, text=True, cwd=root).stdout
+        slow: Optional[List[str]] = args + ["--slow-disk"] if "--slow-disk" in helpText else None
+        return [("default", args, ""),
+                ("slow-disk", slow, "bench/many_uploads.py has no --slow-disk option in this tree yet")]
+
+
+class W7Startup(ScriptWorkload):
+    key = "w7"
+    title = "start-up with many upload records (bench/startup.py)"
+    script = "startup.py"
+
+    def counts(self) -> List[int]:
+        return [10000] if self.h.args.quick else [100000, 1000000]
+
+    def describe(self) -> str:
+        return ("start-up with " + " and ".join(f"{n:,}" for n in self.counts())
+                + " upload records: first HEAD answered (bench/startup.py)")
+
+    def variants(self, root: str) -> List[Tuple[str, Optional[List[str]], str]]:
+        # At most 3 rounds: each one starts chunkd on the same records and
+        # waits for its background check of all of them (minutes at 1M).
+        rounds = str(min(self.h.runs, 3))
+        return [(str(n), ["--uploads", str(n), "--rounds", rounds], "") for n in self.counts()]
+
+
+WORKLOADS: List[type] = [W1SinglePatch, W2Patches, W3Concurrent, W4Resumable, W5Head, W6ManyUploads, W7Startup,
+                         W8HeadWhileStreaming]
 
 
 # -- the harness -------------------------------------------------------------------
@@ -1104,6 +1171,64 @@ class Harness:
             for s in servers:
                 s.stop()
 
+    def scriptsTree(self) -> str:
+        """
+        Where to run W6's and W7's scripts from: they test the chunkd beside
+        them (their ROOT, from their own location).  For the worktree that is
+        this checkout; for an exported commit or a directory, a tree in the
+        work directory whose chunkd/ and twisted/ link to the one under test,
+        with this checkout's bench scripts copied beside them.
+        """
+        src = os.path.abspath(os.environ["CHUNKD_PYTHONPATH"])
+        if src == ROOT:
+            return ROOT
+        tree = os.path.join(self.workdir, "scripts-tree")
+        shutil.rmtree(tree, ignore_errors=True)
+        os.makedirs(os.path.join(tree, "bench"))
+        for d in ("chunkd", "twisted"):
+            os.symlink(os.path.join(src, d), os.path.join(tree, d))
+        for f in ("many_uploads.py", "startup.py", "harness.py", "loadgen.py"):
+            shutil.copy(os.path.join(BENCH, f), os.path.join(tree, "bench", f))
+        return tree
+
+    def runScript(self, cls: type) -> None:
+        wl: ScriptWorkload = cls(self)
+        if self.args.servers and not set(self.args.servers) & {"chunkd", "chunkd-durable"}:
+            return
+        root = self.scriptsTree()
+        log(f"== {wl.key}: {wl.describe()} (chunkd only, its durable default)")
+        entry: Dict[str, Any] = {"title": wl.describe(), "script": f"bench/{wl.script}", "variants": {},
+                                 "skipped": {}, "failures": {}}
+        for name, args, why in wl.variants(root):
+            if args is None:
+                log(f"SKIP {wl.key} {name}: {why}")
+                entry["skipped"][name] = why
+                continue
+            jsonPath = os.path.join(self.workdir, f"{wl.key}-{name}.json")
+            cmd = [sys.executable, os.path.join(root, "bench", wl.script), *args, "--json", jsonPath]
+            log(f"   {name}: {' '.join(cmd[1:])}")
+            t0 = time.time()
+            p = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            lines = []
+            assert p.stdout is not None
+            for line in p.stdout:
+                lines.append(line.rstrip("\n"))
+                log(f"     | {lines[-1]}")
+            rc = p.wait()
+            if rc != 0 or not os.path.exists(jsonPath):
+                entry["failures"][name] = f"exit {rc}: " + " / ".join(lines[-3:])
+                log(f"   {name}: FAILED (exit {rc})")
+                continue
+            with open(jsonPath) as f:
+                figures = json.load(f)
+            os.unlink(jsonPath)
+            entry["variants"][name] = {"args": args, "figures": figures, "output": lines,
+                                       "elapsed_s": time.time() - t0}
+        self.results["skipped"].pop(wl.key, None)
+        self.results.setdefault("commits", {})[wl.key] = self.chunkdRev
+        self.results["workloads"][wl.key] = entry
+        self.save()
+
     def save(self) -> None:
         os.makedirs(self.resultsDir, exist_ok=True)
         with open(os.path.join(self.resultsDir, "results.json"), "w") as f:
@@ -1133,7 +1258,10 @@ class Harness:
         for cls in WORKLOADS:
             if self.args.only and cls.key not in self.args.only:
                 continue
-            self.runWorkload(cls)
+            if issubclass(cls, ScriptWorkload):
+                self.runScript(cls)
+            else:
+                self.runWorkload(cls)
         self.results["elapsed_s"] = self.results.get("elapsed_s", 0) * bool(self.args.merge) + time.time() - t0
         self.save()
         import report
