@@ -4,7 +4,10 @@
 #   bench/run.sh              full run (5 runs per figure, ~30 min)
 #   bench/run.sh --quick      small sizes, 2 runs: a smoke test
 #   bench/run.sh --runs 3 --only w1,w3 --servers chunkd,tus-node
-# Set BENCH_NO_INSTALL=1 to skip the installs.
+# Set BENCH_NO_INSTALL=1 to skip the installs.  tuspyserver goes into its own
+# virtualenv, bench/.venv-tuspy (TUSPY_VENV to put it elsewhere; git-ignored).
+# TUSPY_UVICORN_ARGS adds uvicorn options for the tuspy peers (e.g.
+# --no-access-log; the default is uvicorn's own, access log on).
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 if [ -z "$BENCH_NO_INSTALL" ]; then
