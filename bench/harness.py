@@ -10,6 +10,7 @@ bench/README.md.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import hashlib
 import http.client
@@ -18,12 +19,11 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -427,15 +427,82 @@ http {{
         super().stop()
 
 
-SERVER_CLASSES = {c.name: c for c in (Chunkd, ChunkdDurable, ChunkdExperiment, TusNode, Nginx, Express)}
+TUSPY_VENV = os.environ.get("TUSPY_VENV", os.path.join(BENCH, ".venv-tuspy"))
+
+
+class Tuspy(Server):
+    """
+    tuspyserver (PyPI), the tus server a FastAPI user would pick: its router
+    in a FastAPI app as its README sets it up (bench/peers/tuspyserver_app.py),
+    under uvicorn, one process, from its own virtualenv (bench/run.sh makes
+    it).  uvicorn's defaults otherwise, access log included, as a new user
+    runs it; TUSPY_UVICORN_ARGS adds options (e.g. --no-access-log).
+    """
+
+    name = "tuspy"
+    extraEnv: Dict[str, str] = {}
+
+    @staticmethod
+    def python() -> str:
+        return os.path.join(TUSPY_VENV, "bin", "python")
+
+    @classmethod
+    def missing(cls) -> Optional[str]:
+        if not os.access(cls.python(), os.X_OK):
+            return f"no tuspyserver virtualenv at {TUSPY_VENV} (bench/run.sh makes it)"
+        return None
+
+    def command(self) -> List[str]:
+        return [
+            self.python(), "-m", "uvicorn", "tuspyserver_app:app", "--app-dir", os.path.join(BENCH, "peers"),
+            "--host", "127.0.0.1", "--port", str(self.port), *os.environ.get("TUSPY_UVICORN_ARGS", "").split(),
+        ]
+
+    def env(self) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CHUNKD_PYTHONPATH")}
+        env["TUSPY_FILES_DIR"] = self.dir
+        env.update(self.extraEnv)
+        return env
+
+    def tusDataPath(self, urlPath: str) -> str:
+        # tuspyserver keeps an upload's bytes in <files_dir>/<id>, its record in <id>.info
+        return os.path.join(self.dir, urlPath.rstrip("/").rsplit("/", 1)[1])
+
+
+class TuspyMalloc(Tuspy):
+    """
+    tuspyserver at its best: with the glibc malloc thresholds chunkd sets for
+    itself with mallopt() (chunkd/services.py tuneMalloc: M_TRIM_THRESHOLD
+    64 MiB, M_MMAP_THRESHOLD 4 MiB), given here through glibc's environment
+    variables, so it does not pay a brk round trip per body read either.
+    """
+
+    name = "tuspy-malloc"
+    extraEnv = {"MALLOC_TRIM_THRESHOLD_": str(64 * MiB), "MALLOC_MMAP_THRESHOLD_": str(4 * MiB)}
+
+
+SERVER_CLASSES = {c.name: c for c in (Chunkd, ChunkdDurable, ChunkdExperiment, TusNode, Nginx, Express,
+                                      Tuspy, TuspyMalloc)}
+TUS_PEERS = ["tus-node", "tuspy", "tuspy-malloc"]
 
 
 # -- tus helpers -----------------------------------------------------------------
 
 
-def tusCreate(server: Server, length: int) -> str:
+def tusMetadata(filename: str) -> str:
+    """
+    Upload-Metadata with a filename and a filetype, as tus clients send
+    (tus-js-client, Uppy): tuspyserver answers a HEAD 400 for an upload
+    created without both, so every server gets them (loadgen.py too).
+    """
+    b64 = lambda v: base64.b64encode(v.encode()).decode("ascii")  # noqa: E731
+    return f"filename {b64(filename)},filetype {b64('application/octet-stream')}"
+
+
+def tusCreate(server: Server, length: int, filename: str = "bench.bin") -> str:
     c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    c.request("POST", "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(length)})
+    c.request("POST", "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(length),
+                                          "Upload-Metadata": tusMetadata(filename)})
     r = c.getresponse()
     r.read()
     c.close()
@@ -511,7 +578,7 @@ def parseClient(r: Dict[str, Any], who: str) -> Dict[str, Any]:
 class W1SinglePatch(Workload):
     key = "w1"
     title = "1 GiB in one request (curl -T)"
-    servers = ["chunkd", "tus-node", "nginx", "chunkd-durable"]
+    servers = ["chunkd", "chunkd-durable", "tus-node", "tuspy", "tuspy-malloc", "nginx"]
 
     def describe(self) -> str:
         return f"{mib(self.h.size1)} in one request (curl -T)"
@@ -571,7 +638,7 @@ class W1SinglePatch(Workload):
 class W2Patches(Workload):
     key = "w2"
     title = "1 GiB in 5 MiB PATCHes"
-    servers = ["chunkd", "tus-node", "chunkd-durable"]
+    servers = ["chunkd", "chunkd-durable", "tus-node", "tuspy", "tuspy-malloc"]
 
     def describe(self) -> str:
         return f"{mib(self.h.size1)} in 5 MiB PATCHes"
@@ -614,7 +681,7 @@ class W2Patches(Workload):
 class W3Concurrent(Workload):
     key = "w3"
     title = "64 concurrent 16 MiB uploads"
-    servers = ["chunkd", "tus-node", "nginx", "chunkd-durable"]
+    servers = ["chunkd", "chunkd-durable", "tus-node", "tuspy", "tuspy-malloc", "nginx"]
 
     def describe(self) -> str:
         return f"{self.h.n3} concurrent {mib(self.h.size3)} uploads"
@@ -663,7 +730,7 @@ class W3Concurrent(Workload):
 class W4Resumable(Workload):
     key = "w4"
     title = "256 MiB via Resumable.js (1 MiB chunks, 3 at a time)"
-    servers = ["chunkd", "express-multer"]
+    servers = ["chunkd", "chunkd-durable", "express-multer"]
     touch = 768 * MiB
 
     def describe(self) -> str:
@@ -722,7 +789,7 @@ class W4Resumable(Workload):
 class W5Head(Workload):
     key = "w5"
     title = "10,000 HEADs on 100 connections"
-    servers = ["chunkd", "tus-node", "nginx"]
+    servers = ["chunkd", "chunkd-durable", "tus-node", "tuspy", "tuspy-malloc", "nginx"]
     headline = ("rate", "req/s")
     touch = 256 * MiB
     uploads = 100
@@ -771,7 +838,146 @@ class W5Head(Workload):
         return f"{bad} stored files changed" if bad else None
 
 
-WORKLOADS = [W1SinglePatch, W2Patches, W3Concurrent, W4Resumable, W5Head]
+class W8HeadWhileStreaming(Workload):
+    key = "w8"
+    title = "HEAD latency while 16 uploads stream"
+    servers = ["chunkd-durable", "chunkd", "tus-node", "tuspy", "tuspy-malloc"]
+    headline = ("head_p99_ms", "HEAD p99 ms")
+    streams = 16
+    headLength = 64 * 1024
+
+    def __init__(self, h: "Harness") -> None:
+        super().__init__(h)
+        self.targets: Dict[str, str] = {}
+
+    def describe(self) -> str:
+        return (f"HEAD latency while {self.streams} tus uploads of {mib(self.h.size8)} stream "
+                f"({self.h.duration8:g} s, 4 HEAD connections, 10 ms apart)")
+
+    def warmup(self, server: Server) -> None:
+        # the finished upload the HEADs ask about: bytes 0..64 KiB of the source
+        path = tusCreate(server, self.headLength, "w8-head.bin")
+        with open(self.h.src1, "rb") as f:
+            body = f.read(self.headLength)
+        c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        c.request("PATCH", path, body=body, headers={
+            "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+        r = c.getresponse()
+        r.read()
+        c.close()
+        if r.status != 204:
+            raise RuntimeError(f"{server.name}: PATCH of the HEAD target answered {r.status}")
+        self.targets[server.name] = path
+
+    def setup(self, server: Server) -> Any:
+        return {}
+
+    def run(self, server: Server, state: Any) -> Dict[str, Any]:
+        r = runClient(loadgen("headload", "--url", server.base + "/files/", "--file", self.h.src1,
+                              "--streams", str(self.streams), "--size", str(self.h.size8),
+                              "--duration", str(self.h.duration8), "--head-path", self.targets[server.name],
+                              "--head-length", str(self.headLength)))
+        out = parseClient(r, server.name)
+        state["uploads"] = out["uploads"]
+        head = out["head"]
+        if not head["requests"]:
+            raise RuntimeError(f"{server.name}: no HEAD was answered while the uploads streamed")
+        if set(head["statuses"]) != {"200"} or head["wrong_offset"]:
+            raise RuntimeError(f"{server.name}: HEAD statuses {head['statuses']}, "
+                               f"{head['wrong_offset']} with a wrong Upload-Offset")
+        return {"seconds": out["seconds"], "mbps": out["bytes"] / out["seconds"] / 1e6,
+                "uploads": len(out["uploads"]), "heads": head["requests"],
+                "head_p50_ms": head["lat_p50_ms"], "head_p99_ms": head["lat_p99_ms"],
+                "head_max_ms": head["lat_max_ms"], "client_cpu": r["cpu"]}
+
+    def verify(self, server: Server, state: Any, result: Dict[str, Any]) -> Optional[str]:
+        bad = 0
+        for path, slot in state["uploads"]:
+            p = server.tusDataPath(path)
+            if not os.path.exists(p) or sha256File(p) != self.h.sha8[slot]:
+                bad += 1
+        target = server.tusDataPath(self.targets[server.name])
+        if not os.path.exists(target) or sha256File(target) != self.h.sha8head:
+            bad += 1
+        return f"{bad} of {len(state['uploads']) + 1} stored files have the wrong sha256" if bad else None
+
+    def cleanup(self, server: Server, state: Any, result: Dict[str, Any]) -> None:
+        for path, _ in state.get("uploads", []):
+            try:
+                os.unlink(server.tusDataPath(path))
+            except FileNotFoundError:
+                pass
+            tusDelete(server, path)
+
+
+class ScriptWorkload:
+    """
+    A workload measured by a script of its own (bench/many_uploads.py,
+    bench/startup.py) against chunkd alone: the harness runs it once per
+    variant with --json and keeps its figures under the workload's key.
+    """
+
+    key = "w?"
+    title = "?"
+    script = "?"
+    servers = ["chunkd-durable"]
+
+    def __init__(self, h: "Harness") -> None:
+        self.h = h
+
+    def describe(self) -> str:
+        return self.title
+
+    def variants(self, root: str) -> List[Tuple[str, Optional[List[str]], str]]:
+        """(name, arguments or None to skip, why skipped)"""
+        raise NotImplementedError
+
+
+class W6ManyUploads(ScriptWorkload):
+    key = "w6"
+    title = "many tus uploads at once under the write budget (bench/many_uploads.py)"
+    script = "many_uploads.py"
+    budgets = "256MiB,0"
+
+    def sizes(self) -> Tuple[int, str]:
+        return (200, "1MiB") if self.h.args.quick else (1000, "2MiB")
+
+    def describe(self) -> str:
+        n, size = self.sizes()
+        return (f"{n:,} tus uploads of {size.replace('MiB', ' MiB')} at once, durable, "
+                f"disk.max_buffered 256 MiB and none (bench/many_uploads.py)")
+
+    def variants(self, root: str) -> List[Tuple[str, Optional[List[str]], str]]:
+        n, size = self.sizes()
+        args = ["--n", str(n), "--size", size, "--budgets", self.budgets, "--rounds", str(self.h.runs)]
+        helpText = subprocess.run([sys.executable, os.path.join(root, "bench", self.script), "--help"],
+                                  capture_output=True, text=True, cwd=root).stdout
+        slow: Optional[List[str]] = args + ["--slow-disk"] if "--slow-disk" in helpText else None
+        return [("default", args, ""),
+                ("slow-disk", slow, "bench/many_uploads.py has no --slow-disk option in this tree yet")]
+
+
+class W7Startup(ScriptWorkload):
+    key = "w7"
+    title = "start-up with many upload records (bench/startup.py)"
+    script = "startup.py"
+
+    def counts(self) -> List[int]:
+        return [10000] if self.h.args.quick else [100000, 1000000]
+
+    def describe(self) -> str:
+        return ("start-up with " + " and ".join(f"{n:,}" for n in self.counts())
+                + " upload records: first HEAD answered (bench/startup.py)")
+
+    def variants(self, root: str) -> List[Tuple[str, Optional[List[str]], str]]:
+        # At most 3 rounds: each one starts chunkd on the same records and
+        # waits for its background check of all of them (minutes at 1M).
+        rounds = str(min(self.h.runs, 3))
+        return [(str(n), ["--uploads", str(n), "--rounds", rounds], "") for n in self.counts()]
+
+
+WORKLOADS: List[type] = [W1SinglePatch, W2Patches, W3Concurrent, W4Resumable, W5Head, W6ManyUploads, W7Startup,
+                         W8HeadWhileStreaming]
 
 
 # -- the harness -------------------------------------------------------------------
@@ -787,6 +993,7 @@ class Harness:
         self.n3, self.size3 = (16, 4 * MiB) if quick else (64, 16 * MiB)
         self.size4 = 32 * MiB if quick else 256 * MiB
         self.n5 = 2000 if quick else 10000
+        self.size8, self.duration8 = (8 * MiB, 2.0) if quick else (64 * MiB, 5.0)
         self.runs = args.runs or (2 if quick else 5)
         self.results: Dict[str, Any] = {"workloads": {}, "skipped": {}}
         self.resultsDir = os.path.abspath(args.results)
@@ -843,6 +1050,8 @@ class Harness:
         self.sha4 = sha256File(self.src4)
         self.sha5 = [sha256Range(self.src1, i * W5Head.size, W5Head.size) for i in range(W5Head.uploads)]
         self.shaWarm = sha256File(self.srcWarm)
+        self.sha8 = [sha256Range(self.src1, i * self.size8, self.size8) for i in range(W8HeadWhileStreaming.streams)]
+        self.sha8head = sha256Range(self.src1, 0, W8HeadWhileStreaming.headLength)
 
     def machine(self) -> Dict[str, str]:
         def sh(cmd: str) -> str:
@@ -861,6 +1070,9 @@ class Harness:
             "nginx": sh("nginx -v 2>&1").replace("nginx version: ", ""),
             "curl": sh("curl --version | head -1").split(" (")[0],
             "tus_server": sh(f"node -p \"require('{BENCH}/node_modules/@tus/server/package.json').version\""),
+            "tuspyserver": sh(f"{Tuspy.python()} -c 'import importlib.metadata as m; print(m.version(\"tuspyserver\"))'"),
+            "uvicorn": sh(f"{Tuspy.python()} -c 'import importlib.metadata as m; print(m.version(\"uvicorn\"))'"),
+            "fastapi": sh(f"{Tuspy.python()} -c 'import importlib.metadata as m; print(m.version(\"fastapi\"))'"),
             "twisted": sh(f"{sys.executable} -c 'import twisted; print(twisted.__version__)'"),
             "chunkd_commit": self.chunkdRev,
         }
@@ -870,6 +1082,12 @@ class Harness:
         names = [n for n in wl.servers if not self.args.servers or n in self.args.servers]
         if self.args.experiment and wl.key in ("w1", "w2", "w3", "w4"):
             names.append("chunkd-exp")
+        for n in list(names):
+            missing = getattr(SERVER_CLASSES[n], "missing", lambda: None)()
+            if missing:
+                log(f"SKIP {n} in {wl.key}: {missing}")
+                self.results.setdefault("skipped_servers", {})[f"{wl.key} {n}"] = missing
+                names.remove(n)
         if not names:
             return
         servers: List[Server] = []
@@ -877,9 +1095,14 @@ class Harness:
         for i, n in enumerate(names):
             servers.append(SERVER_CLASSES[n](self.workdir, port + i))
         log(f"== {wl.key}: {wl.title}: {', '.join(names)} x {self.runs} runs")
+        idle: Dict[str, float] = {}
+        idleWarm: Dict[str, float] = {}
         try:
             for s in servers:
                 s.start()
+                time.sleep(0.5)
+                # idle: started, listening, nothing asked yet
+                idle[s.name] = sum(statusKB(p, "VmRSS:") for p in s.pids()) / 1024
             if isinstance(wl, W4Resumable):
                 ch = [s for s in servers if isinstance(s, Chunkd)]
                 if ch and not ch[0].resumableAvailable():
@@ -891,6 +1114,12 @@ class Harness:
             for s in servers:
                 log(f"   warm-up {s.name}")
                 wl.warmup(s)
+            time.sleep(0.5)
+            for s in servers:
+                # idle again after the warm-up: what is held before the first timed run
+                idleWarm[s.name] = sum(statusKB(p, "VmRSS:") for p in s.pids()) / 1024
+                log(f"   idle RSS {s.name}: {idle[s.name]:.1f} MB after start, "
+                    f"{idleWarm[s.name]:.1f} MB before the first timed run")
             runs: Dict[str, List[Dict[str, Any]]] = {s.name: [] for s in servers}
             failures: Dict[str, List[str]] = {s.name: [] for s in servers}
             for r in range(self.runs):
@@ -935,11 +1164,70 @@ class Harness:
             self.results["workloads"][wl.key] = {
                 "title": wl.describe(), "headline": wl.headline, "servers": names,
                 "runs": runs, "failures": failures, "vmhwm_mb": hwm,
+                "idle_rss_mb": idle, "idle_rss_before_runs_mb": idleWarm,
             }
             self.save()
         finally:
             for s in servers:
                 s.stop()
+
+    def scriptsTree(self) -> str:
+        """
+        Where to run W6's and W7's scripts from: they test the chunkd beside
+        them (their ROOT, from their own location).  For the worktree that is
+        this checkout; for an exported commit or a directory, a tree in the
+        work directory whose chunkd/ and twisted/ link to the one under test,
+        with this checkout's bench scripts copied beside them.
+        """
+        src = os.path.abspath(os.environ["CHUNKD_PYTHONPATH"])
+        if src == ROOT:
+            return ROOT
+        tree = os.path.join(self.workdir, "scripts-tree")
+        shutil.rmtree(tree, ignore_errors=True)
+        os.makedirs(os.path.join(tree, "bench"))
+        for d in ("chunkd", "twisted"):
+            os.symlink(os.path.join(src, d), os.path.join(tree, d))
+        for f in ("many_uploads.py", "startup.py", "harness.py", "loadgen.py"):
+            shutil.copy(os.path.join(BENCH, f), os.path.join(tree, "bench", f))
+        return tree
+
+    def runScript(self, cls: type) -> None:
+        wl: ScriptWorkload = cls(self)
+        if self.args.servers and not set(self.args.servers) & {"chunkd", "chunkd-durable"}:
+            return
+        root = self.scriptsTree()
+        log(f"== {wl.key}: {wl.describe()} (chunkd only, its durable default)")
+        entry: Dict[str, Any] = {"title": wl.describe(), "script": f"bench/{wl.script}", "variants": {},
+                                 "skipped": {}, "failures": {}}
+        for name, args, why in wl.variants(root):
+            if args is None:
+                log(f"SKIP {wl.key} {name}: {why}")
+                entry["skipped"][name] = why
+                continue
+            jsonPath = os.path.join(self.workdir, f"{wl.key}-{name}.json")
+            cmd = [sys.executable, os.path.join(root, "bench", wl.script), *args, "--json", jsonPath]
+            log(f"   {name}: {' '.join(cmd[1:])}")
+            t0 = time.time()
+            p = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            lines = []
+            assert p.stdout is not None
+            for line in p.stdout:
+                lines.append(line.rstrip("\n"))
+                log(f"     | {lines[-1]}")
+            rc = p.wait()
+            if rc != 0 or not os.path.exists(jsonPath):
+                entry["failures"][name] = f"exit {rc}: " + " / ".join(lines[-3:])
+                log(f"   {name}: FAILED (exit {rc})")
+                continue
+            with open(jsonPath) as f:
+                figures = json.load(f)
+            os.unlink(jsonPath)
+            entry["variants"][name] = {"args": args, "figures": figures, "output": lines,
+                                       "elapsed_s": time.time() - t0}
+        self.results["skipped"].pop(wl.key, None)
+        self.results.setdefault("commits", {})[wl.key] = self.chunkdRev
+        self.results["workloads"][wl.key] = entry
+        self.save()
 
     def save(self) -> None:
         os.makedirs(self.resultsDir, exist_ok=True)
@@ -962,6 +1250,7 @@ class Harness:
         self.results["machine"] = self.machine()
         self.results["config"] = {"runs": self.runs, "quick": self.args.quick, "size1": self.size1,
                                   "n3": self.n3, "size3": self.size3, "size4": self.size4, "n5": self.n5,
+                                  "size8": self.size8, "duration8": self.duration8,
                                   "quiet_wait": self.args.quiet_wait, "quiet_limit": self.args.quiet_limit,
                                   "nginx_body_buffer": os.environ.get("NGINX_BODY_BUFFER", "1m")}
         self.makeSources()
@@ -969,7 +1258,10 @@ class Harness:
         for cls in WORKLOADS:
             if self.args.only and cls.key not in self.args.only:
                 continue
-            self.runWorkload(cls)
+            if issubclass(cls, ScriptWorkload):
+                self.runScript(cls)
+            else:
+                self.runWorkload(cls)
         self.results["elapsed_s"] = self.results.get("elapsed_s", 0) * bool(self.args.merge) + time.time() - t0
         self.save()
         import report

@@ -14,12 +14,16 @@ Each mode prints one JSON object on stdout:
              test GET, then (if not 200) a multipart POST; --sim at a time
   head       --n HEAD requests spread over --conns keep-alive connections
              (connection i asks about the i-th of --paths)
+  headload   W8: --streams uploads streaming for --duration seconds, and
+             meanwhile HEADs about a finished upload (from a `headpoll`
+             child process), each one's latency recorded
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -158,8 +162,21 @@ def locationPath(headers: Headers) -> str:
     return urlsplit(loc).path
 
 
-async def tusCreate(conn: Conn, prefix: str, length: int) -> str:
-    status, h, _ = await conn.request("POST", prefix, {**TUS, "Upload-Length": str(length)})
+def tusMetadata(filename: str) -> str:
+    """
+    A filename and a filetype, as tus clients send them (tus-js-client,
+    Uppy): tuspyserver answers a HEAD 400 for an upload created without
+    both, so every server is sent them.
+    """
+    def b64(v: str) -> str:
+        return base64.b64encode(v.encode()).decode("ascii")
+
+    return f"filename {b64(filename)},filetype {b64('application/octet-stream')}"
+
+
+async def tusCreate(conn: Conn, prefix: str, length: int, filename: str = "bench.bin") -> str:
+    status, h, _ = await conn.request(
+        "POST", prefix, {**TUS, "Upload-Length": str(length), "Upload-Metadata": tusMetadata(filename)})
     if status != 201:
         raise HTTPError(f"creation answered {status}")
     return locationPath(h)
@@ -331,6 +348,122 @@ async def modeHead(a) -> dict:
     return {"seconds": seconds, "rate": len(lat) / seconds, "statuses": statuses, **latencyStats(lat)}
 
 
+async def modeHeadPoll(a) -> dict:
+    """
+    The HEAD side of `headload`, in a process of its own so that the
+    latencies it records are the server's and the scheduler's, not those of
+    a client loop busy sending 16 bodies.  Waits for one line on stdin, the
+    time.monotonic() (system-wide on Linux) at which to stop; until then each
+    of --conns keep-alive connections asks HEAD --path, waits --interval,
+    asks again.
+    """
+    u = urlsplit(a.url)
+    conns = [await Conn(u.hostname, u.port).open() for _ in range(a.conns)]
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    if not line.strip():
+        return {"seconds": 0.0, "statuses": {}, "wrong_offset": 0, **latencyStats([])}
+    deadline = float(line)
+    lat: List[float] = []
+    statuses: Dict[int, int] = {}
+    wrong = [0]
+
+    async def one(conn: Conn) -> None:
+        perf = time.perf_counter
+        while time.monotonic() < deadline:
+            r0 = perf()
+            status, h, _ = await conn.request("HEAD", a.path, TUS)
+            lat.append(perf() - r0)
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200 and int(h.get(b"upload-offset", b"-1")) != a.length:
+                wrong[0] += 1
+            await asyncio.sleep(a.interval)
+        conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[one(c) for c in conns])
+    return {"seconds": time.perf_counter() - t0, "statuses": statuses, "wrong_offset": wrong[0],
+            **latencyStats(lat)}
+
+
+async def modeHeadLoad(a) -> dict:
+    """
+    W8: --streams tus uploads stream at once, each connection starting a new
+    upload of --size bytes (POST + one PATCH) as soon as its last one is
+    done, until --duration seconds have passed; stream i always sends the
+    source's i-th --size slice.  Once every stream has its first upload
+    created, a `headpoll` process sends HEADs about --head-path (a finished
+    upload of --head-length bytes) until the duration is up, so every HEAD
+    is asked while all the streams are sending.
+    """
+    u = urlsplit(a.url)
+    f = open(a.file, "rb")
+    conns = [await Conn(u.hostname, u.port).open() for _ in range(a.streams)]
+    poll = await asyncio.create_subprocess_exec(
+        sys.executable, os.path.abspath(__file__), "headpoll", "--url", a.url, "--path", a.head_path,
+        "--length", str(a.head_length), "--conns", str(a.head_conns), "--interval", str(a.head_interval),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert poll.stdin is not None
+    uploads: List[Tuple[str, int]] = []
+    lat: List[float] = []
+    created = [0]
+    allStreaming = asyncio.Event()
+    start = asyncio.Event()
+    deadline = [0.0]
+
+    async def stream(i: int) -> None:
+        conn = conns[i]
+        await start.wait()
+        first = True
+        while True:
+            path = await tusCreate(conn, u.path, a.size, f"w8-{i}.bin")
+            if first:
+                first = False
+                created[0] += 1
+                if created[0] == a.streams:
+                    allStreaming.set()
+            r0 = time.perf_counter()
+            status, h, _ = await conn.request(
+                "PATCH", path,
+                {**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+                file=f, offset=i * a.size, count=a.size,
+            )
+            lat.append(time.perf_counter() - r0)
+            if status != 204:
+                raise HTTPError(f"PATCH answered {status}")
+            uploads.append((path, i))
+            if time.monotonic() >= deadline[0]:
+                break
+        conn.close()
+
+    async def heads() -> None:
+        await allStreaming.wait()
+        assert poll.stdin is not None
+        poll.stdin.write(f"{deadline[0]!r}\n".encode())
+        await poll.stdin.drain()
+
+    tasks = [asyncio.create_task(stream(i)) for i in range(a.streams)]
+    signal = asyncio.create_task(heads())
+    t0 = time.perf_counter()
+    deadline[0] = time.monotonic() + a.duration
+    start.set()
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        if not allStreaming.is_set():
+            signal.cancel()
+            poll.stdin.write(b"\n")
+        poll.stdin.close()
+    seconds = time.perf_counter() - t0
+    out, _ = await poll.communicate()
+    f.close()
+    head = json.loads(out.decode().strip().splitlines()[-1])
+    if "error" in head:
+        raise HTTPError(f"headpoll: {head['error']}")
+    return {"seconds": seconds, "bytes": len(uploads) * a.size, "uploads": uploads,
+            "upload_lat_p50_ms": latencyStats(lat)["lat_p50_ms"], "head": head}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="mode", required=True)
@@ -359,9 +492,25 @@ def main() -> None:
     s.add_argument("--conns", type=int, default=100)
     s.add_argument("--header", action="append", default=[])
     s.add_argument("--paths", default="", help="comma-separated paths; connection i asks about path i")
+    s = sub.add_parser("headload")
+    s.add_argument("--url", required=True)
+    s.add_argument("--file", required=True)
+    s.add_argument("--streams", type=int, default=16)
+    s.add_argument("--size", type=int, default=64 << 20)
+    s.add_argument("--duration", type=float, default=5.0)
+    s.add_argument("--head-path", required=True)
+    s.add_argument("--head-length", type=int, required=True)
+    s.add_argument("--head-conns", type=int, default=4)
+    s.add_argument("--head-interval", type=float, default=0.01)
+    s = sub.add_parser("headpoll")
+    s.add_argument("--url", required=True)
+    s.add_argument("--path", required=True)
+    s.add_argument("--length", type=int, required=True)
+    s.add_argument("--conns", type=int, default=4)
+    s.add_argument("--interval", type=float, default=0.01)
     a = p.parse_args()
     fn = {"patches": modePatches, "concurrent": modeConcurrent, "resumable": modeResumable,
-          "head": modeHead}[a.mode]
+          "head": modeHead, "headload": modeHeadLoad, "headpoll": modeHeadPoll}[a.mode]
     try:
         out = asyncio.run(fn(a))
     except Exception as e:  # one line for the harness, non-zero exit
