@@ -94,6 +94,7 @@ class Chunkd:
         self.disk.minBatch = config.disk.min_batch
         self.disk.maxBuffered = config.disk.max_buffered
         self.site.readSize = config.disk.read_size
+        self.site.streamingBodies = self.disk.streamingBodies
         self.site.logEveryRequest = config.log_level == "debug"
 
     def reconfigure(self, config: Config) -> None:

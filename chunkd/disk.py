@@ -89,6 +89,10 @@ class DiskService(Service):
         if writer not in self._overBudget:
             self._overBudget.append(writer)
 
+    def streamingBodies(self) -> int:
+        """How many writers steer a socket now: bodies streaming to disk."""
+        return len(self._streaming)
+
     def holdEveryWriter(self) -> None:
         """
         Past the budget: pause every streaming writer's socket now, not at

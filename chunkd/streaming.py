@@ -156,6 +156,8 @@ class StreamingRequest(server.Request):
     #: the path it is routed by, when the route table diverted it
     routedPath: Optional[bytes] = None
     _bodyOpen = False
+    #: whether the body is large enough to be read disk.read_size at a time
+    _largeBody = False
     # Twisted labels every response text/html; most of ours have no body.
     defaultContentType = None
 
@@ -174,9 +176,11 @@ class StreamingRequest(server.Request):
         site = self.chunkdSite
         readSize = getattr(site, "readSize", 0) or _TWISTED_READ
         # Fewer, larger reads for a large body (disk.read_size): a quarter
-        # of the calls into the HTTP parser and the sink per MiB; a small
-        # one in one read.
-        setReadSize(self.transport, readSize if length is None else max(HEAD_READ, min(length, readSize)))
+        # of the calls into the HTTP parser and the sink per MiB -- fewer
+        # while many bodies stream (ChunkdSite.bodyReadSize, adjusted at
+        # each read); a small body in one read.
+        self._largeBody = length is None or length > readSize
+        setReadSize(self.transport, site.bodyReadSize() if self._largeBody else max(HEAD_READ, length or 0))
         self.trailers = Headers()
         self._decoder = getattr(self.channel, "_transferDecoder", None)
         self.bodySink = site.routes.sinkFor(self)
@@ -216,6 +220,8 @@ class StreamingRequest(server.Request):
     def handleContentChunk(self, data: bytes) -> None:
         self.bodyReceived += len(data)
         self.bodySink.dataReceived(data)
+        if self._largeBody:
+            setReadSize(self.transport, self.chunkdSite.bodyReadSize())
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._bodyOpen = False

@@ -246,6 +246,25 @@ class ReadSizeTests(TusTestCase):
         self.assertEqual(self.dataOf(uploadId), data)
 
     @defer.inlineCallbacks
+    def test_theReadSizeFollowsHowManyBodiesStream(self) -> Any:
+        length = 4 * self.config.disk.read_size
+        uploadId = yield self.createId(length)
+        connection = yield RawConnection.open(self.port.getHost().port)
+        self.addCleanup(connection.close)
+        data = randomBytes(length)
+        connection.write(patchHead(uploadId, 0, length) + data[:1000])
+        yield deferLater(0.1)
+        self.assertEqual(self.disk.streamingBodies(), 1)
+        self.assertEqual(self.transport(connection).bufferSize, self.config.disk.read_size)
+        self.site.streamingBodies = lambda: 64  # as if 63 more bodies streamed
+        connection.write(data[1000:2000])
+        yield deferLater(0.1)
+        self.assertEqual(self.transport(connection).bufferSize, self.config.disk.read_size // 2)
+        connection.write(data[2000:])
+        yield connection.waitFor(finalResponse)
+        self.assertEqual(self.dataOf(uploadId), data)
+
+    @defer.inlineCallbacks
     def test_aSmallBodyInOneRead(self) -> Any:
         length = 40_000
         uploadId = yield self.createId(length)

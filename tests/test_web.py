@@ -15,7 +15,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from chunkd.config import loadConfig
 from chunkd.errors import OffsetMismatch, diskError, internalError
-from chunkd.web import Cors, baseURL, renderError
+from chunkd.web import TURN_BYTES, Cors, baseURL, renderError
 from tests.helpers import ServerTestCase, parseResponse, rawRequest
 
 
@@ -160,3 +160,25 @@ class RoutingErrorTests(ServerTestCase):
         response = yield self.client.delete(self.url("/files/"))
         yield response.content()
         self.assertEqual(response.code, 405)
+
+
+class BodyReadSizeTests(ServerTestCase):
+    """
+    ChunkdSite.bodyReadSize: disk.read_size while few bodies stream, down to
+    half of it as more do, so one reactor turn reads about TURN_BYTES.
+    """
+
+    def sizeWith(self, streams: int) -> int:
+        self.site.streamingBodies = lambda: streams
+        return self.site.bodyReadSize()
+
+    def test_fewBodiesReadTheConfiguredSize(self) -> None:
+        self.assertEqual(self.site.readSize, 256 * 1024)
+        self.assertEqual([self.sizeWith(n) for n in (0, 1, 8)], [256 * 1024] * 3)
+
+    def test_moreBodiesReadLessDownToHalf(self) -> None:
+        self.assertEqual(self.sizeWith(9), TURN_BYTES // 9)
+        self.assertEqual([self.sizeWith(n) for n in (16, 64, 1000)], [128 * 1024] * 3)
+
+    def test_theSiteCountsTheDisksStreamingBodies(self) -> None:
+        self.assertEqual(self.site.streamingBodies(), self.disk.streamingBodies())
