@@ -7,9 +7,9 @@ Writes N live tus uploads (record + data file) into a storage directory
 (in parallel, one writer process per core), starts chunkd on it, and
 measures from the process's start: when the port accepts, when the first
 HEAD is answered 200, when (from the log) the background check of every
-record finished, and when chunkd went quiet (its CPU use fell below 5% for
-half a second: the check, the janitor's first sweep and anything else
-start-up set going are over).  Meanwhile one HEAD of a random stored upload
+record finished, and when chunkd went quiet after it (its CPU use fell
+below 5% for half a second: the janitor's first sweep and anything else
+start-up set going are over too).  Meanwhile one HEAD of a random stored upload
 every 100 ms on a kept-alive connection gives the latency a client sees
 while that work runs (p50/p99/max), and chunkd's peak RSS (VmHWM) is read
 once it is quiet.
@@ -158,7 +158,9 @@ def measure(tree: str, work: str, ids: List[str]) -> Dict[str, Any]:
                 if re.search(r"(checked|loaded) \d+ upload records", text):
                     checked = time.monotonic() - started
             now = time.monotonic()
-            if now - cpuAt >= 0.5:
+            if checked is None:
+                cpu, cpuAt = cpuSeconds([server.pid]), now  # quiet counts from the check's end
+            elif now - cpuAt >= 0.5:
                 used = cpuSeconds([server.pid])
                 busy = (used - cpu) / (now - cpuAt)
                 cpu, cpuAt = used, now
