@@ -6,8 +6,12 @@ Each sweep also restores the store's space reserve if a full disk drew on
 it (L{chunkd.store.RESERVE_SIZE}).
 
 A sweep reads every record, so with many uploads it is bulk disk work: it
-runs in the disk pool, never on the reactor thread, and a C{LoopingCall}
-starts one every C{janitor.interval}.  An upload is only ever removed while
+runs in the disk pool, never on the reactor thread, a batch of
+L{SWEEP_BATCH} directory entries per job (the directory streamed, never
+listed whole: a million uploads' names would be some 200 MB at once), so it
+holds a disk thread for one batch at a time and a stop ends it between two
+batches instead of after the whole store; a C{LoopingCall} starts one every
+C{janitor.interval}.  An upload is only ever removed while
 the janitor holds its exclusive lock, so an upload that is being written --
 however long ago its last byte arrived -- is never touched.  A failing
 record, or a failing sweep, is logged and the next one runs anyway.
@@ -18,10 +22,10 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Generator, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -38,6 +42,10 @@ from chunkd.store import (
     expiryDeadline,
     isUploadId,
 )
+
+
+#: directory entries (records, data files, ...) a sweep handles per disk-pool job
+SWEEP_BATCH = 1000
 
 
 @dataclass
@@ -61,8 +69,13 @@ class Janitor(Service):
     name = "janitor"
     log = Logger()
 
-    def __init__(self, store: UploadStore, config: Config, reactor: Any) -> None:
+    def __init__(self, store: UploadStore, config: Config, reactor: Any, batch: int = SWEEP_BATCH) -> None:
         self.store = store
+        self.batch = batch
+        #: set by a stop: the sweep under way ends after its current batch
+        self._halting = False
+        #: the first sweep waits for the start-up check to end
+        self._waitingForCheck = False
         self.config = config
         self.reactor = reactor
         self.lastReport: Optional[SweepReport] = None
@@ -74,6 +87,7 @@ class Janitor(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._halting = False
         self._startLoop()
 
     def _startLoop(self) -> None:
@@ -83,9 +97,14 @@ class Janitor(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self._halting = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        return self._sweeping if self._sweeping is not None else succeed(None)
+        if self._sweeping is None or self._waitingForCheck:
+            # A sweep still waiting for the start-up check ends, without a
+            # disk job, once the check (stopped later) does.
+            return succeed(None)
+        return self._sweeping
 
     def reconfigure(self, config: Config) -> None:
         """
@@ -104,7 +123,7 @@ class Janitor(Service):
         """
         if self._sweeping is not None:
             return succeed(None)  # the previous sweep is still going
-        d = self.store.disk.run(self._sweepNow, self.store.clock())
+        d = self._sweepInBatches(self.store.clock())
 
         def done(report: SweepReport) -> None:
             self.lastReport = report
@@ -130,27 +149,65 @@ class Janitor(Service):
         self._sweeping = d
         return d
 
+    @inlineCallbacks
+    def _sweepInBatches(self, now: float) -> Any:
+        report = SweepReport()
+        check = self.store.startupCheck
+        if check is not None and not check.fired:
+            # One pass over every record at a time: the start-up check's
+            # first (L{chunkd.services.Reconciler}).  A stop meanwhile does
+            # not wait for it (L{stopService}).
+            self._waitingForCheck = True
+            try:
+                yield check.whenFired()
+            finally:
+                self._waitingForCheck = False
+            now = self.store.clock()
+        started = time.monotonic()
+        if self._halting:
+            return report
+        yield self.store.disk.run(self._keepReserve)
+        entries = self._entries()
+        try:
+            while not self._halting:
+                more = yield self.store.disk.run(self._sweepBatch, entries, now, report)
+                if not more:
+                    break
+        finally:
+            entries.close()
+        report.seconds = time.monotonic() - started
+        return report
+
     # -- in the disk pool -----------------------------------------------------
 
-    def _sweepNow(self, now: float) -> SweepReport:
-        report = SweepReport()
-        started = time.monotonic()
+    def _keepReserve(self) -> None:
         try:
             self.store.keepReserve()
         except OSError as e:
             # Still full: the next sweep (or creation) tries again.
             if e.errno not in NO_SPACE:
                 self.log.warn("janitor could not restore the space reserve: {error}", error=str(e))
-        directory = self.store.uploads
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                try:
-                    self._sweepEntry(entry, now, report)
-                except Exception:
-                    report.errors += 1
-                    self.log.failure("janitor could not handle {name}", name=entry.name)
-        report.seconds = time.monotonic() - started
-        return report
+
+    def _entries(self) -> Generator[os.DirEntry, None, None]:
+        with os.scandir(self.store.uploads) as entries:
+            yield from entries
+
+    def _sweepBatch(self, entries: Generator[os.DirEntry, None, None], now: float, report: SweepReport) -> bool:
+        """
+        Handle the next L{batch} entries.
+
+        @return: whether any are left.
+        """
+        for _ in range(self.batch):
+            entry = next(entries, None)
+            if entry is None:
+                return False
+            try:
+                self._sweepEntry(entry, now, report)
+            except Exception:
+                report.errors += 1
+                self.log.failure("janitor could not handle {name}", name=entry.name)
+        return True
 
     def _sweepEntry(self, entry: os.DirEntry, now: float, report: SweepReport) -> None:
         name = entry.name

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks
@@ -19,9 +19,14 @@ from twisted.logger import Logger
 from chunkd.app import Chunkd
 from chunkd.janitor import Janitor
 from chunkd.logs import LogLevelControl
+from chunkd.once import OneShotResult
 from chunkd.reload import Reloader
-from chunkd.store import UploadStore
+from chunkd.store import Reconciliation, UploadStore
 from chunkd.web import ChunkdSite
+
+
+#: records the start-up check reads per disk-pool job
+RECONCILE_BATCH = 500
 
 
 class Reconciler(Service):
@@ -29,31 +34,59 @@ class Reconciler(Service):
     Checks every upload record against its data file when chunkd starts --
     in the disk pool, in the background: the first request is answered at
     once however many records there are, and each upload is corrected only
-    under its own lock (L{UploadStore.reconcile}), so a process that starts
-    beside others serving the same directory never corrects an upload they
-    are writing.
+    under its own lock (L{UploadStore.reconcileOne}), so a process that
+    starts beside others serving the same directory never corrects an
+    upload they are writing.  An upload a request touches first is checked
+    then, under the lock that request takes (L{UploadStore.open}), so
+    nothing waits for the pass to reach it.
+
+    The pass goes a batch of C{batch} records per disk-pool job
+    (L{Reconciliation}), the directory streamed: it never holds a disk
+    thread for more than a batch, never holds a list of every name (a
+    million uploads' names alone would be some 200 MB), and a stop ends it
+    between two batches instead of after the whole store.  The janitor's
+    first sweep waits for it (L{UploadStore.startupCheck}): two passes over
+    every record at once would take twice the disk threads and double the
+    contention for the interpreter that the requests served meanwhile see
+    as latency.
     """
 
     log = Logger()
 
-    def __init__(self, store: UploadStore) -> None:
+    def __init__(self, store: UploadStore, batch: int = RECONCILE_BATCH) -> None:
         self.store = store
+        self.batch = batch
         self.done: "Deferred[Any] | None" = None
+        #: what the pass found so far (records checked, corrections)
+        self.counts: Dict[str, int] = {}
 
     def startService(self) -> None:
         super().startService()
+        self.store.startupCheck = OneShotResult()
+        self.done = self._check()
+
+    @inlineCallbacks
+    def _check(self) -> Any:
+        assert self.store.startupCheck is not None
+        ended = self.store.startupCheck
         started = self.store.clock()
-        d = self.store.disk.run(self.store.reconcile, lambda: not self.running)
-
-        def report(counts: Any) -> None:
-            self.log.info(
-                "checked {records} upload records in {seconds:.1f}s ({missing} without data, "
-                "{truncated} offsets corrected, {busy} being written elsewhere)",
-                seconds=self.store.clock() - started, **counts,
-            )
-
-        d.addCallbacks(report, lambda f: self.log.failure("checking the upload records failed", f))
-        self.done = d
+        check = Reconciliation(self.store)
+        self.counts = check.counts
+        try:
+            while self.running:
+                finished = yield self.store.disk.run(check.step, self.batch)
+                if finished:
+                    self.log.info(
+                        "checked {records} upload records in {seconds:.1f}s ({missing} without data, "
+                        "{truncated} offsets corrected, {busy} being written elsewhere)",
+                        seconds=self.store.clock() - started, **check.counts,
+                    )
+                    return
+        except Exception:
+            self.log.failure("checking the upload records failed")
+        finally:
+            check.close()
+            ended.fire(None)
 
     def stopService(self) -> "Deferred[Any] | None":
         super().stopService()

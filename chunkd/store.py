@@ -59,12 +59,13 @@ import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Generator, Iterator, List, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from chunkd.disk import DiskService
+from chunkd.once import OneShotResult
 from chunkd.events import POST_CREATE, POST_EXPIRE, POST_FINISH, POST_TERMINATE, UploadEvents
 from chunkd.errors import (
     NO_SPACE,
@@ -279,6 +280,10 @@ class UploadStore:
         self.clock = clock
         self.events = UploadEvents()
         self.reservePath = os.path.join(self.uploads, "reserve")
+        #: set while the start-up check (L{chunkd.services.Reconciler})
+        #: goes over every record, fired when it ends: the janitor's first
+        #: sweep, another pass over every record, waits for it
+        self.startupCheck: Optional[OneShotResult[None]] = None
         os.makedirs(self.uploads, exist_ok=True)
 
     def _emit(self, event: str, record: UploadRecord) -> None:
@@ -431,16 +436,29 @@ class UploadStore:
                       freed=min(size, RESERVE_STEP))
         return True
 
+    def recordIds(self) -> Generator[str, None, None]:
+        """
+        The id of every record, streamed from the directory as it is read:
+        with a million uploads, a list of every name would be two million
+        strings (some 200 MB) held at once.  Blocking, a few entries per
+        step: step it in the disk pool.  Close it (or drop it) to close the
+        directory.
+        """
+        with os.scandir(self.uploads) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(".json") and isUploadId(name[:-5]):
+                    yield name[:-5]
+
     def records(self) -> Iterator[UploadRecord]:
         """
-        Every readable record (for start-up reconciliation and the janitor).
+        Every readable record, streamed (L{recordIds}).
         """
-        for name in os.listdir(self.uploads):
-            if name.endswith(".json") and isUploadId(name[:-5]):
-                try:
-                    yield self.get(name[:-5])
-                except UploadError:
-                    continue
+        for uploadId in self.recordIds():
+            try:
+                yield self.get(uploadId)
+            except UploadError:
+                continue
 
     # -- life cycle --------------------------------------------------------
 
@@ -533,7 +551,15 @@ class UploadStore:
         try:
             fcntl.flock(fd, lock | fcntl.LOCK_NB)
             # Re-read under the lock: the holder before us may have moved it.
-            return OpenUpload(self, self.getLive(uploadId), fd)
+            record = self.getLive(uploadId)
+            if lock == fcntl.LOCK_EX:
+                # Reconciled on first touch, under the lock we hold, rather
+                # than waiting for the start-up pass to come by: a write
+                # never starts from an offset its data file does not hold.
+                size = os.fstat(fd).st_size
+                if record.offset > size and self._pullBack(uploadId, size):
+                    record = self.getLive(uploadId)
+            return OpenUpload(self, record, fd)
         except BlockingIOError:
             os.close(fd)
             raise UploadLocked(busy) from None
@@ -699,24 +725,20 @@ class UploadStore:
 
     def reconcile(self, stopping: Callable[[], bool] = lambda: False) -> Dict[str, int]:
         """
-        Check every record against its data file (L{reconcileOne}).
-        Blocking: run it in the disk pool.
+        Check every record against its data file (L{reconcileOne}) in one
+        go.  Blocking: run it in the disk pool.  (chunkd's start-up check
+        goes a batch at a time instead: L{Reconciliation}.)
 
         @param stopping: asked between records; C{True} ends the pass.
         @return: counts for the log.
         """
-        counts = {"records": 0, "missing": 0, "truncated": 0, "busy": 0}
-        for record in self.records():
-            if stopping():
-                break
-            counts["records"] += 1
-            try:
-                outcome = self.reconcileOne(record)
-            except UploadError:
-                continue  # gone meanwhile
-            if outcome is not None:
-                counts[outcome] += 1
-        return counts
+        check = Reconciliation(self)
+        try:
+            while not stopping() and not check.step(1):
+                pass
+        finally:
+            check.close()
+        return check.counts
 
     def reconcileOne(self, record: UploadRecord) -> Optional[str]:
         """
@@ -764,17 +786,34 @@ class UploadStore:
             size = os.fstat(fd).st_size
             if record.offset <= size:
                 return None
-
-            def pullBack(r: UploadRecord) -> None:
-                if r.offset > size:
-                    r.offset = size
-                    r.state = ACTIVE
-                    done.append("truncated")
-
-            self._updateNow(uploadId, pullBack)
-            return done[0] if done else None
+            return "truncated" if self._pullBack(uploadId, size) else None
         finally:
             os.close(fd)
+
+    def _pullBack(self, uploadId: str, size: int) -> bool:
+        """
+        Pull a recorded offset beyond the data file's C{size} back to it
+        (and a complete upload back to active).  The caller holds the
+        upload's exclusive lock; the record is re-read under the record
+        lock.  Blocking.
+
+        @return: whether the record was corrected.
+        """
+        done: List[bool] = []
+
+        def pullBack(r: UploadRecord) -> Optional[bool]:
+            if r.offset <= size or r.published is not None or r.publishing is not None:
+                return False
+            r.offset = size
+            r.state = ACTIVE
+            done.append(True)
+            return None
+
+        self._updateNow(uploadId, pullBack)
+        if done:
+            self.log.warn("upload {uploadId}: recorded offset beyond its data, pulled back to {size}",
+                          uploadId=uploadId, size=size)
+        return bool(done)
 
     def stray(self, name: str) -> Optional[str]:
         """
@@ -794,6 +833,62 @@ class UploadStore:
                     return None
                 return kind
         return None
+
+
+class Reconciliation:
+    """
+    One pass of L{UploadStore.reconcileOne} over every record, a batch at a
+    time: each L{step} is a short job for the disk pool, so the pass never
+    holds a disk thread for long, can stop between batches, and holds one
+    batch in memory whatever the number of records (the directory is
+    streamed, L{UploadStore.recordIds}).
+
+    @ivar counts: records checked, and what was done (for the log).
+    """
+
+    def __init__(self, store: UploadStore) -> None:
+        self.store = store
+        self.counts = {"records": 0, "missing": 0, "truncated": 0, "busy": 0}
+        self._ids: Optional[Generator[str, None, None]] = None
+        self.finished = False
+
+    def step(self, size: int) -> bool:
+        """
+        Check up to C{size} more records.  Blocking: run it in the disk
+        pool, one step at a time.
+
+        @return: whether the pass is over (every record checked).
+        """
+        if self.finished:
+            return True
+        if self._ids is None:
+            self._ids = self.store.recordIds()
+        for _ in range(size):
+            uploadId = next(self._ids, None)
+            if uploadId is None:
+                self.close()
+                self.finished = True
+                return True
+            try:
+                record = self.store.get(uploadId)
+            except UploadError:
+                continue  # gone meanwhile, or unreadable (logged by get)
+            self.counts["records"] += 1
+            try:
+                outcome = self.store.reconcileOne(record)
+            except UploadError:
+                continue  # gone meanwhile
+            if outcome is not None:
+                self.counts[outcome] += 1
+        return False
+
+    def close(self) -> None:
+        """
+        Close the directory (a pass that stops early).
+        """
+        ids, self._ids = self._ids, None
+        if ids is not None:
+            ids.close()
 
 
 def expiryDeadline(record: UploadRecord, expireAfter: float) -> Optional[float]:

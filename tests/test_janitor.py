@@ -12,6 +12,7 @@ from typing import Any, List, Tuple
 from twisted.internet import defer, reactor
 
 from chunkd.janitor import Janitor
+from chunkd.once import OneShotResult
 from tests.helpers import TusTestCase, deferLater, patchHead, rawRequest
 
 HOUR = 3600.0
@@ -183,3 +184,79 @@ class JanitorTests(TusTestCase):
             yield deferLater(0.05)
         yield self.janitor.stopService()
         self.assertEqual(self.store.get(uploadId).state, "expired")
+
+
+class BatchTests(TusTestCase):
+    """
+    A sweep goes a bounded batch of directory entries per disk-pool job:
+    with a million uploads it holds a disk thread for one batch at a time,
+    and a stop (SIGTERM) waits for one batch, not for the whole store.
+    """
+
+    overrides = {"janitor.expire_after": "1h"}
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        self.ids = []
+        for _ in range(3):
+            uploadId = yield self.createId(10)
+            self.ids.append(uploadId)
+        start = time.time()
+        self.store.clock = lambda: start + 2 * HOUR  # every upload is due to expire
+        self.batches: List[int] = []
+        run = self.store.disk.run
+
+        def counted(f: Any, *args: Any) -> Any:
+            if getattr(f, "__name__", "") == "_sweepBatch":
+                self.batches.append(len(self.batches))
+            return run(f, *args)
+
+        # (Not self.patch: on this test case, that sends a tus PATCH.)
+        self.store.disk.run = counted  # type: ignore[method-assign]
+        self.addCleanup(setattr, self.store.disk, "run", run)
+
+    @defer.inlineCallbacks
+    def test_aSweepGoesABatchAtATime(self) -> Any:
+        entries = len(os.listdir(self.store.uploads))
+        janitor = Janitor(self.store, self.config, reactor, batch=2)
+        yield janitor.sweep()
+        self.assertEqual(janitor.lastReport.expired, 3)
+        self.assertEqual(len(self.batches), entries // 2 + 1)
+        self.assertEqual([self.store.get(i).state for i in self.ids], ["expired"] * 3)
+
+    @defer.inlineCallbacks
+    def test_aStopWaitsForOneBatchNotTheSweep(self) -> Any:
+        janitor = Janitor(self.store, self.config, reactor, batch=1)
+        janitor.startService()  # sweeps at once
+        yield janitor.stopService()
+        self.assertLessEqual(len(self.batches), 1)
+        states = [self.store.get(i).state for i in self.ids]
+        self.assertLessEqual(states.count("expired"), 1)
+        # The next sweep does the rest.
+        janitor = Janitor(self.store, self.config, reactor)
+        yield janitor.sweep()
+        self.assertEqual(janitor.lastReport.expired, 3 - states.count("expired"))
+
+    @defer.inlineCallbacks
+    def test_theFirstSweepWaitsForTheStartupCheck(self) -> Any:
+        """
+        One pass over every record at a time: the janitor's sweep starts
+        once the start-up check (L{chunkd.services.Reconciler}) has ended,
+        and a stop meanwhile does not wait for the check.
+        """
+        check: OneShotResult[None] = OneShotResult()
+        self.store.startupCheck = check
+        janitor = Janitor(self.store, self.config, reactor)
+        janitor.startService()  # sweeps at once, or would
+        yield deferLater(0.05)
+        self.assertEqual(self.batches, [])
+        stopped = janitor.stopService()
+        self.assertTrue(stopped.called)
+        janitor = Janitor(self.store, self.config, reactor)
+        sweeping = janitor.sweep()
+        yield deferLater(0.05)
+        self.assertEqual((self.batches, sweeping.called), ([], False))
+        check.fire(None)
+        yield sweeping
+        self.assertEqual(janitor.lastReport.expired, 3)

@@ -4,7 +4,8 @@ process listening on a list of endpoints -- HTTPS with a certificate made
 in the test, and plain HTTP on loopback -- serving the same uploads on
 each; a tus upload and a Resumable.js upload over TLS, verified by treq
 through service-identity; and a list with an endpoint that cannot listen
-refused at start in one line.
+refused at start in one line.  And the start-up L{Reconciler}: a bounded
+batch of records per disk-pool job, a stop honoured between two.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from twisted.internet.ssl import Certificate
 from twisted.trial import unittest
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseFailed
 
-from tests.helpers import ROOT, Daemon, freePort, h, makeCertificate, waitForPort
+from chunkd.services import Reconciler
+from chunkd.store import UploadStore
+from tests.helpers import ROOT, Daemon, freePort, h, makeCertificate, startedDisk, waitForPort
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -128,3 +131,48 @@ class ListenFailureTests(unittest.TestCase):
         self.assertIn("cannot listen", output)
         self.assertIn("Address already in use", output)
         self.assertNotIn("Traceback", output)
+
+
+class ReconcilerTests(unittest.TestCase):
+    """
+    The start-up check against real records: it hands the disk pool one
+    bounded batch at a time, so with a million records it neither holds a
+    disk thread for minutes nor makes a stop wait for the whole store.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.disk = startedDisk(self)
+        self.store = UploadStore(tempfile.mkdtemp(prefix="chunkd-reconciler-"), self.disk)
+        self.ids = []
+        for _ in range(5):
+            record = yield self.store.create("tus", 10, None)
+            self.ids.append(record.id)
+        os.unlink(self.store.dataPath(self.ids[0]))  # lost in a crash, say
+        self.jobs: list = []
+        run = self.disk.run
+
+        def counted(f: Any, *args: Any) -> Any:
+            self.jobs.append(args)
+            return run(f, *args)
+
+        self.patch(self.disk, "run", counted)
+
+    @defer.inlineCallbacks
+    def test_everyRecordABatchAtATime(self) -> Any:
+        reconciler = Reconciler(self.store, batch=2)
+        reconciler.startService()
+        yield reconciler.done
+        self.assertEqual(self.jobs, [(2,), (2,), (2,)])  # 2 + 2 + 1, then the end found
+        self.assertEqual(reconciler.counts, {"records": 5, "missing": 1, "truncated": 0, "busy": 0})
+        self.assertEqual(self.store.get(self.ids[0]).state, "expired")
+        assert self.store.startupCheck is not None
+        self.assertTrue(self.store.startupCheck.fired)  # the janitor's first sweep may go
+
+    @defer.inlineCallbacks
+    def test_aStopEndsThePassBetweenBatches(self) -> Any:
+        reconciler = Reconciler(self.store, batch=1)
+        reconciler.startService()
+        yield reconciler.stopService()
+        self.assertEqual(len(self.jobs), 1)
+        self.assertEqual(reconciler.counts["records"], 1)
