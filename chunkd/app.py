@@ -28,6 +28,7 @@ from chunkd.routes import UploadProtocol
 from chunkd.store import UploadRecord, UploadStore
 from chunkd.uploads import UploadService
 from chunkd.web import ChunkdSite, Cors, buildRoutes, clientAddress
+from chunkd.writeback import startWriteback
 
 
 def buildProtocols(config: Config, uploads: UploadService) -> List[UploadProtocol]:
@@ -93,6 +94,9 @@ class Chunkd:
     def _applyTuning(self, config: Config) -> None:
         self.disk.minBatch = config.disk.min_batch
         self.disk.maxBuffered = config.disk.max_buffered
+        # Durable storage waits for the disk at every fdatasync: let the
+        # disk start on each batch at once (chunkd/writeback.py).
+        self.disk.startWriteback = startWriteback if config.storage.durable else None
         self.site.readSize = config.disk.read_size
         self.site.streamingBodies = self.disk.streamingBodies
         self.site.logEveryRequest = config.log_level == "debug"

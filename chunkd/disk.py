@@ -45,7 +45,9 @@ class DiskService(Service):
         a slow one to show that queues stay bounded, or a failing one.
     @ivar fdatasync: the function that makes an upload's written bytes
         durable before they are recorded (L{chunkd.store.UploadStore.commit});
-        tests replace it with a failing one.  Together these are the OS
+        tests replace it with a failing one.
+    @ivar startWriteback: starts writing each batch back to the disk once
+        written, for durable storage (L{chunkd.writeback}), or C{None}.  Together these are the OS
         calls an upload's bytes go through: the seam for injected faults.
     """
 
@@ -68,6 +70,9 @@ class DiskService(Service):
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="chunkd-disk")
         self.pwritev: Callable[[int, Sequence[Any], int], int] = os.pwritev
         self.fdatasync: Callable[[int], None] = os.fdatasync
+        #: called with (fd, offset, length) after each batch is written,
+        #: with durable storage (L{chunkd.writeback}); None: not at all
+        self.startWriteback: Optional[Callable[[int, int, int], None]] = None
         self.outstanding = 0
         self._drained: Optional[OneShotResult[None]] = None
         #: writers paused by the budget, resumed in order once under it
@@ -315,6 +320,10 @@ class OffsetWriter:
                     remaining[0] = remaining[0][n:]
         except OSError as e:
             error = e
+        if done and self._disk.startWriteback is not None:
+            # On its way to the disk now, not all at the fdatasync that
+            # makes it count (chunkd/writeback.py).
+            self._disk.startWriteback(self._fd, offset - done, done)
         for digest in self._digests:
             left = done
             for b in batch:
