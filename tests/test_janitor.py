@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any, List, Tuple
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 
 from chunkd.janitor import Janitor
 from chunkd.once import OneShotResult
@@ -260,3 +260,45 @@ class BatchTests(TusTestCase):
         check.fire(None)
         yield sweeping
         self.assertEqual(janitor.lastReport.expired, 3)
+
+
+class RestTests(TusTestCase):
+    """
+    A long sweep earns a rest (REST_FACTOR times its length) before the
+    next, whatever janitor.interval says: with a million uploads the
+    janitor must not sweep all the time.
+    """
+
+    @defer.inlineCallbacks
+    def test_aLongSweepIsFollowedByARest(self) -> Any:
+        clock = task.Clock()
+        janitor = Janitor(self.store, self.config, clock)
+        sweeps: List[float] = []
+        real = janitor._sweepInBatches
+
+        def timed(now: float) -> Any:
+            sweeps.append(clock.seconds())
+            d = real(now)
+            d.addCallback(lambda report: setattr(report, "seconds", 30.0) or report)
+            return d
+
+        janitor._sweepInBatches = timed  # type: ignore[method-assign]
+        janitor.startService()  # the loop's first tick sweeps at once
+        self.addCleanup(janitor.stopService)
+        yield janitor._sweeping
+        self.assertEqual(janitor.restUntil, 270.0)
+        for _ in range(4):
+            clock.advance(60)  # the loop's ticks at 60, 120, 180, 240: resting
+        self.assertEqual(sweeps, [0.0])
+        clock.advance(60)
+        yield janitor._sweeping
+        self.assertEqual(sweeps, [0.0, 300.0])
+        yield janitor.sweep()  # asked for directly: at once
+        self.assertEqual(len(sweeps), 3)
+
+    @defer.inlineCallbacks
+    def test_aShortSweepKeepsTheInterval(self) -> Any:
+        clock = task.Clock()
+        janitor = Janitor(self.store, self.config, clock)
+        yield janitor.sweep()
+        self.assertLess(janitor.restUntil, 60)  # a real sweep of an empty store: milliseconds
