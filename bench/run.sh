@@ -17,7 +17,8 @@ if [ -z "$BENCH_NO_INSTALL" ]; then
     fi
     (cd "$here" && npm install --no-audit --no-fund --loglevel=error)
     python3 -m pip install -q --disable-pip-version-check matplotlib py-spy \
-        "twisted[tls]>=25.5" "klein>=24.8" "treq>=24.9" "pyyaml>=6.0" "multipart>=1.2" service-identity "prometheus-client>=0.20"
+        "twisted[tls]>=25.5" "klein>=24.8" "treq>=24.9" "pyyaml>=6.0" "multipart>=1.2" service-identity "prometheus-client>=0.20" \
+        "PyJWT[crypto]>=2.10" "http-sf>=1.5" tqdm
     # tuspyserver, the Python tus peer, in a virtualenv of its own: its
     # FastAPI/Starlette stack must not mix with chunkd's environment.
     venv="${TUSPY_VENV:-$here/.venv-tuspy}"
