@@ -80,6 +80,12 @@ class DiskService(Service):
         #: writers steering a producer (a socket), which the budget may
         #: pause; weak, so a writer dropped without detach() is not kept
         self._streaming: "WeakSet[OffsetWriter]" = WeakSet()
+        #: run in the pool once no body has streamed for L{idleAfter}
+        #: seconds (the daemon hands its free memory back:
+        #: L{chunkd.allocator.giveBack})
+        self.whenIdle: Optional[Callable[[], None]] = None
+        self.idleAfter = 1.0
+        self._idleCall: Any = None
 
     def overBudget(self, resuming: bool = False) -> bool:
         """
@@ -97,6 +103,17 @@ class DiskService(Service):
     def streamingBodies(self) -> int:
         """How many writers steer a socket now: bodies streaming to disk."""
         return len(self._streaming)
+
+    def _streamEnded(self, writer: "OffsetWriter") -> None:
+        self._streaming.discard(writer)
+        if not self._streaming and self.whenIdle is not None and self._idleCall is None:
+            self._idleCall = self.reactor.callLater(self.idleAfter, self._idle)
+
+    def _idle(self) -> None:
+        self._idleCall = None
+        if not self._streaming and self.whenIdle is not None and self.running:
+            d = self.run(self.whenIdle)
+            d.addErrback(lambda f: self.log.failure("handing memory back", f))
 
     def holdEveryWriter(self) -> None:
         """
@@ -125,6 +142,9 @@ class DiskService(Service):
         so offsets recorded at shutdown are true.
         """
         super().stopService()
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.cancel()
+        self._idleCall = None
         from twisted.internet.threads import deferToThread
 
         # ThreadPool.stop joins its workers: do it off the reactor thread.
@@ -394,5 +414,5 @@ class OffsetWriter:
         """
         self._producer = None
         self._paused = False
-        self._disk._streaming.discard(self)
+        self._disk._streamEnded(self)
         self._kick()

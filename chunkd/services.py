@@ -190,24 +190,6 @@ def summary(chunkd: Chunkd, janitor: Janitor) -> str:
             f"{active} uploads in progress; {chunkd.disk.queued} bytes queued for disk")
 
 
-def tuneMalloc() -> None:
-    """
-    Keep glibc from handing freed memory back to the kernel after every
-    socket read (and taking it back on the next): with the thresholds at
-    their dynamic defaults, that churn costs about a quarter of chunkd's
-    kernel time per GiB received (bench/README.md).  Elsewhere, nothing.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024)
-        libc.mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024)
-    except (OSError, AttributeError):
-        pass
-
-
 def freezeStartupObjects() -> None:
     """
     Everything built at start-up lives as long as the daemon: move it out of

@@ -54,6 +54,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> "IService":
     # Options before the config is read, and these pull in the reactor.
     from twisted.internet.endpoints import serverFromString
 
+    from chunkd import allocator
     from chunkd.app import Chunkd
     from chunkd.disk import DiskService
     from chunkd.hooks import HookSender
@@ -67,7 +68,6 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> "IService":
         StartupHooks,
         WebService,
         summary,
-        tuneMalloc,
     )
     from chunkd.store import UploadStore
 
@@ -76,11 +76,12 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> "IService":
 
         reactor = _reactor
     config: Config = options.chunkdConfig
-    tuneMalloc()
+    allocator.tune()
     top = SequentialMultiService()
     # Children stop in reverse order: the web server first (finishing the
     # bodies in flight), the disk pool last (after their final writes).
     disk = DiskService(reactor, config.disk.threads)
+    disk.whenIdle = allocator.giveBack
     disk.setServiceParent(top)
     store = UploadStore(config.storage.directory, disk, durable=config.storage.durable)
     Reconciler(store).setServiceParent(top)
