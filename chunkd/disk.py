@@ -84,7 +84,7 @@ class DiskService(Service):
         #: seconds (the daemon hands its free memory back:
         #: L{chunkd.allocator.giveBack})
         self.whenIdle: Optional[Callable[[], None]] = None
-        self.idleAfter = 1.0
+        self.idleAfter = 0.25
         self._idleCall: Any = None
 
     def overBudget(self, resuming: bool = False) -> bool:
