@@ -227,18 +227,27 @@ class ReadSizeTests(TusTestCase):
         return channel.transport
 
     @defer.inlineCallbacks
-    def test_headsAreReadSmallAndLargeBodiesLarge(self) -> Any:
-        from chunkd.streaming import HEAD_READ
-
-        length = 3 * self.config.disk.read_size
+    def startPatch(self, length: int, sent: int = 1000) -> Any:
+        """
+        A new upload of C{length} bytes, a connection, and a PATCH of it
+        whose head and first C{sent} bytes are on their way.
+        """
         uploadId = yield self.createId(length)
         connection = yield RawConnection.open(self.port.getHost().port)
         self.addCleanup(connection.close)
         yield deferLater(0.05)
-        self.assertEqual(self.transport(connection).bufferSize, HEAD_READ)
+        self.heads = self.transport(connection).bufferSize  # before any byte of a request
         data = randomBytes(length)
-        connection.write(patchHead(uploadId, 0, length) + data[:1000])
+        connection.write(patchHead(uploadId, 0, length) + data[:sent])
         yield deferLater(0.1)
+        return uploadId, connection, data
+
+    @defer.inlineCallbacks
+    def test_headsAreReadSmallAndLargeBodiesLarge(self) -> Any:
+        from chunkd.streaming import HEAD_READ
+
+        uploadId, connection, data = yield self.startPatch(3 * self.config.disk.read_size)
+        self.assertEqual(self.heads, HEAD_READ)
         self.assertEqual(self.transport(connection).bufferSize, self.config.disk.read_size)
         connection.write(data[1000:])
         yield connection.waitFor(finalResponse)
@@ -247,13 +256,7 @@ class ReadSizeTests(TusTestCase):
 
     @defer.inlineCallbacks
     def test_theReadSizeFollowsHowManyBodiesStream(self) -> Any:
-        length = 4 * self.config.disk.read_size
-        uploadId = yield self.createId(length)
-        connection = yield RawConnection.open(self.port.getHost().port)
-        self.addCleanup(connection.close)
-        data = randomBytes(length)
-        connection.write(patchHead(uploadId, 0, length) + data[:1000])
-        yield deferLater(0.1)
+        uploadId, connection, data = yield self.startPatch(4 * self.config.disk.read_size)
         self.assertEqual(self.disk.streamingBodies(), 1)
         self.assertEqual(self.transport(connection).bufferSize, self.config.disk.read_size)
         self.site.streamingBodies = lambda: 64  # as if 63 more bodies streamed
@@ -267,9 +270,5 @@ class ReadSizeTests(TusTestCase):
     @defer.inlineCallbacks
     def test_aSmallBodyInOneRead(self) -> Any:
         length = 40_000
-        uploadId = yield self.createId(length)
-        connection = yield RawConnection.open(self.port.getHost().port)
-        self.addCleanup(connection.close)
-        connection.write(patchHead(uploadId, 0, length) + b"x")
-        yield deferLater(0.1)
+        uploadId, connection, data = yield self.startPatch(length, sent=1)
         self.assertEqual(self.transport(connection).bufferSize, length)
