@@ -141,13 +141,17 @@ class LateSink:
     def _ready(self, sink: BodySink) -> None:
         self._sink = sink
         held, self._held = self._held, []
+        if self._ended is None and self._producer is not None:
+            # Resumed before the replay, not after: replaying may pause the
+            # socket again (the disk's write budget, the writer's high-water
+            # mark), and that pause must stick.  No read can come in between:
+            # reads come from the reactor, not from this call.
+            self._producer.resumeProducing()
         for data in held:
             sink.dataReceived(data)
         if self._ended is not None:
             kind, arg = self._ended
             getattr(sink, kind)(arg)
-        elif self._producer is not None:
-            self._producer.resumeProducing()
         sink.result().addBoth(self._result.fire)
 
     def _failed(self, failure: Failure) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+import threading
 from typing import Any, List, Optional, Sequence
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -18,7 +20,18 @@ from twisted.web.http_headers import Headers
 
 from chunkd.errors import BadRequest, Conflict
 from chunkd.sinks import BodyOutcome, FileSink, LateSink, RecordSink
-from tests.helpers import CountingProducer, RecordingSink, openTempFile, readFile, startedDisk
+from tests.helpers import (
+    CountingProducer,
+    RecordingSink,
+    TusTestCase,
+    deferLater,
+    openTempFile,
+    readFile,
+    readResponse,
+    startedDisk,
+)
+
+MiB = 1024 * 1024
 
 
 class FileSinkTests(unittest.TestCase):
@@ -192,6 +205,25 @@ class LateSinkTests(unittest.TestCase):
         result = yield self.late.result()
         self.assertEqual(result, "stored")
 
+    def test_aPauseDuringTheReplaySticks(self) -> None:
+        """
+        Replaying what was held may pause the socket again (the write
+        budget, the writer's high-water mark): the socket must stay paused,
+        not be resumed after the replay.
+        """
+        producer = self.producer
+
+        class PausingSink(RecordingSink):
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                producer.pauseProducing()
+
+        self.late.dataReceived(b"held")
+        real = PausingSink("stored")
+        self.pending.callback(real)
+        self.assertEqual(real.pieces, [b"held"])
+        self.assertTrue(producer.paused)
+
     @defer.inlineCallbacks
     def test_bodyEndedBeforeTheSinkExists(self) -> Any:
         self.late.dataReceived(b"all")
@@ -281,3 +313,60 @@ class RecordSinkTests(unittest.TestCase):
         sink.dataReceived(b"part")
         sink.bodyFailed(Failure(ConnectionLost()))
         self.assertEqual((yield sink.result()), "record")
+
+
+class LateSinkUnderTheBudgetTests(TusTestCase):
+    """
+    A creation-with-upload (a LateSink: its upload is made in the disk
+    pool first) over a real socket while the disk is stalled and the write
+    budget already full: its body stays paused, it does not pile up in
+    memory.
+    """
+
+    overrides = {"disk.max_buffered": "1MiB", "disk.min_batch": "64KiB", "disk.high_water": "4MiB",
+                 "disk.low_water": "256KiB"}
+
+    @defer.inlineCallbacks
+    def test_aCreationWithUploadStaysUnderTheBudget(self) -> Any:
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        real = self.disk.pwritev
+
+        def stalled(fd: int, buffers: Sequence[Any], offset: int) -> int:
+            gate.wait(30)
+            return real(fd, buffers, offset)
+
+        first = yield self.createId(2 * MiB)
+        self.disk.pwritev = stalled
+        filling = self.patch(first, 0, b"a" * (2 * MiB))  # fills the budget, then waits for the disk
+        for _ in range(200):
+            if self.disk.queued > MiB:
+                break
+            yield deferLater(0.01)
+        self.assertGreater(self.disk.queued, MiB)
+        length = 32 * MiB
+        head = (b"POST /files/ HTTP/1.1\r\nHost: h\r\nTus-Resumable: 1.0.0\r\nUpload-Length: %d\r\n"
+                b"Content-Type: application/offset+octet-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                % (length, length))
+        sock = socket.create_connection(("127.0.0.1", self.port.getHost().port))
+        self.addCleanup(sock.close)
+        sock.settimeout(10)
+
+        def send() -> None:
+            try:
+                sock.sendall(head + b"b" * length)
+            except OSError:
+                pass  # the socket stayed paused: the kernel's buffers filled
+
+        sending = threads.deferToThread(send)
+        yield deferLater(2)
+        # the budget, the read that crossed it, and a request's first read
+        self.assertLessEqual(self.disk.queued, MiB + self.config.disk.read_size + 64 * 1024)
+        gate.set()
+        yield sending
+        answer = yield threads.deferToThread(readResponse, sock)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 201"), answer[:100])
+        response = yield filling
+        self.assertEqual(response.code, 204)
+        sock.close()
+        yield deferLater(0.1)  # the server sees the close
