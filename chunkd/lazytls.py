@@ -12,7 +12,9 @@ made here, before they are, from the configuration: if nothing in it needs
 TLS, importing C{OpenSSL} is refused for the life of the process and Twisted
 takes the path it takes on a machine without pyOpenSSL.
 
-What needs TLS: an C{ssl:} or C{tls:} listener, or an https webhook.  A
+What needs TLS: any listener but a plain C{tcp:}, C{tcp6:}, C{unix:} or
+C{systemd:} one (C{ssl:}, C{tls:}, a wrapper such as C{haproxy:ssl:...}), or
+an https webhook.  A
 config reload cannot bring TLS into a process started without it; the
 reloader keeps the running webhooks and says a restart is needed
 (L{chunkd.reload}).
@@ -22,28 +24,47 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import re
 import sys
 from typing import List, Optional, Sequence
 
 from chunkd.config import Config
 
-#: listener types that wrap their connections in TLS
-_TLS_ENDPOINTS = ("ssl:", "tls:")
+#: listener types known to need no TLS; any other (ssl:, tls:, a wrapper
+#: such as haproxy:ssl:..., a plugin's) keeps TLS available
+_PLAIN_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
 
 #: Twisted modules that decide, when first imported, whether TLS exists
 _DECIDERS = ("twisted.internet.tcp", "twisted.internet.endpoints", "twisted.protocols.tls")
 
 
+def endpointType(endpoint: str) -> str:
+    """
+    The type of a Twisted endpoint string: what comes before its first
+    unescaped colon, unescaped and lower-cased (Twisted escapes with a
+    backslash: C{ss\\l:} is C{ssl:}).
+    """
+    kind = re.split(r"(?<!\\):", endpoint, maxsplit=1)[0]
+    return kind.replace("\\", "").strip().lower()
+
+
+def listenerReasons(config: Config) -> List[str]:
+    """The listeners that may need TLS: every one not known to be plain."""
+    return [f"listen: {endpointType(e)}:" for e in config.listen if endpointType(e) not in _PLAIN_ENDPOINTS]
+
+
+def hookReasons(config: Config) -> List[str]:
+    """The webhooks that need TLS: https ones."""
+    return [f"hooks.endpoints[{i}].url (https)" for i, hook in enumerate(config.hooks.endpoints)
+            if hook.url.lower().startswith("https:")]
+
+
 def reasons(config: Config) -> List[str]:
     """
-    What in C{config} needs TLS, as the config keys a sysadmin would look
-    for (empty: nothing does).
+    What in C{config} may need TLS, as the config keys a sysadmin would
+    look for (empty: nothing does).
     """
-    found = [f"listen: {e.split(':', 1)[0]}:" for e in config.listen
-             if e.strip().lower().startswith(_TLS_ENDPOINTS)]
-    found += [f"hooks.endpoints[{i}].url (https)" for i, hook in enumerate(config.hooks.endpoints)
-              if hook.url.lower().startswith("https:")]
-    return found
+    return listenerReasons(config) + hookReasons(config)
 
 
 class _RefuseOpenSSL(importlib.abc.MetaPathFinder):
@@ -56,7 +77,7 @@ class _RefuseOpenSSL(importlib.abc.MetaPathFinder):
                   target: object = None) -> Optional[importlib.machinery.ModuleSpec]:
         if name == "OpenSSL" or name.startswith("OpenSSL."):
             raise ModuleNotFoundError(
-                "chunkd started without TLS: no ssl: listener or https webhook in its configuration",
+                "chunkd started without TLS: nothing in its configuration needed it",
                 name=name)
         return None
 

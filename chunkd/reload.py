@@ -93,7 +93,7 @@ class Reloader:
         old = flatten(asdict(self.running))
         changed = sorted(k for k, v in flatten(asdict(new)).items() if old.get(k) != v)
         needRestart = [k for k in changed if k in RESTART_KEYS or k.startswith("listen")]
-        if "hooks.endpoints" in changed and not lazytls.available() and lazytls.reasons(new):
+        if "hooks.endpoints" in changed and not lazytls.available() and lazytls.hookReasons(new):
             # The running webhooks stay: an https one cannot be sent by a
             # process that started without TLS (chunkd/lazytls.py).
             self.log.warn("config: https webhooks need TLS, which this chunkd started without "

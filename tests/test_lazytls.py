@@ -38,6 +38,15 @@ class ReasonsTests(unittest.TestCase):
                          listen=("tcp:port=0:interface=127.0.0.1", "ssl:port=0:privateKey=k.pem"))
         self.assertEqual(lazytls.reasons(config), ["listen: ssl:", "hooks.endpoints[1].url (https)"])
 
+    def test_anyListenerNotKnownToBePlainKeepsTLS(self) -> None:
+        plain = ["tcp:port=0", "tcp6:port=0", "unix:/run/chunkd.sock", "systemd:domain=INET:index=0"]
+        tls = ["ssl:port=0", "SSL:port=0", "ss\\l:port=0", "haproxy:ssl:port=0", "tls:/etc/certs", "le:/x:tcp:443"]
+        config = loadConfig(None, {})
+        self.assertEqual(lazytls.reasons(replace(config, listen=tuple(plain))), [])
+        self.assertEqual(lazytls.reasons(replace(config, listen=tuple(tls))),
+                         ["listen: ssl:", "listen: ssl:", "listen: ssl:", "listen: haproxy:", "listen: tls:",
+                          "listen: le:"])
+
     def test_aRunnerThatLoadedTheReactorKeepsTLS(self) -> None:
         """
         Trial imported the reactor (and with it TLS) before chunkd: nothing
