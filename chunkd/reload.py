@@ -22,7 +22,7 @@ from chunkd.config import Config, ConfigError, loadConfig
 
 #: dotted keys whose change needs a restart
 RESTART_KEYS = (
-    "listen", "storage.directory", "disk.threads",
+    "listen", "storage.directory", "storage.durable", "disk.threads",
     "tus.enabled", "tus.path", "resumable.enabled", "resumable.path", "flow.enabled", "flow.path",
     "uploads.enabled", "uploads.path", "metrics.enabled", "metrics.path",
     "ui.enabled", "ui.path",

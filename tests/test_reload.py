@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from typing import List
 
 import yaml
 from twisted.trial import unittest
 
+from chunkd import lazytls, reload
 from chunkd.app import Chunkd
 from chunkd.config import Config, loadConfig
 from chunkd.reload import Reloader
@@ -59,6 +61,36 @@ class ReloaderTests(unittest.TestCase):
         new = self.targets[0].seen[0]
         self.assertEqual((new.tus.path, new.listen), (self.running.tus.path, self.running.listen))
         self.assertEqual(new.limits.max_size, 3 * 1024 * 1024)
+
+    def test_durabilityNeedsARestart(self) -> None:
+        """
+        The store syncs (or not) as it started; a reload cannot change
+        that under uploads in flight.
+        """
+        self.write({"limits": {"max_size": "1MiB"}, "storage": {"durable": not self.running.storage.durable}})
+        self.assertTrue(self.reloader.reload())
+        self.assertEqual(self.targets[0].seen[0].storage.durable, self.running.storage.durable)
+
+    def test_httpWebhooksChangeWhileAnSslListenerWaitsForARestart(self) -> None:
+        """
+        Without TLS in the process, an https webhook waits for a restart;
+        an http one does not, even when an ssl: listener (which needs a
+        restart anyway) is added in the same reload.
+        """
+        self.patch(lazytls, "available", lambda: False)
+        reloader = Reloader(self.path, {}, self.running, self.targets)
+        # (the ssl: listener's key does not exist: the file is not parsed)
+        self.patch(reload, "loadConfig", lambda path, overrides: replace(
+            loadConfig(None, {"limits.max_size": "1MiB", "hooks.endpoints": [{"url": "http://127.0.0.1:9/new"}]}),
+            listen=("tcp:port=8080:interface=127.0.0.1", "ssl:port=8443:privateKey=/nonexistent.pem")))
+        self.assertTrue(reloader.reload())
+        new = self.targets[0].seen[0]
+        self.assertEqual([e.url for e in new.hooks.endpoints], ["http://127.0.0.1:9/new"])
+        self.assertEqual(new.listen, self.running.listen)
+        self.patch(reload, "loadConfig", lambda path, overrides: loadConfig(
+            None, {"limits.max_size": "1MiB", "hooks.endpoints": [{"url": "https://127.0.0.1:9/tls"}]}))
+        self.assertTrue(reloader.reload())
+        self.assertEqual([e.url for e in self.targets[0].seen[1].hooks.endpoints], ["http://127.0.0.1:9/new"])
 
     def test_commandLineOverridesStillWin(self) -> None:
         reloader = Reloader(self.path, {"limits.max_size": 5}, self.running, self.targets)
