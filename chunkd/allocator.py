@@ -35,17 +35,25 @@ def _libc() -> Optional[Any]:
 _glibc = _libc()
 
 
-def tune() -> None:
-    """Keep freed memory for the next reads while bodies stream."""
-    if _glibc is not None:
-        _glibc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024 * 1024)
-        _glibc.mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
+def tune() -> bool:
+    """
+    Keep freed memory for the next reads while bodies stream.
+
+    @return: whether glibc took both settings.
+    """
+    if _glibc is None:
+        return False
+    return bool(_glibc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024 * 1024)
+                and _glibc.mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024))
 
 
-def giveBack() -> None:
+def giveBack() -> bool:
     """
     Hand the memory left free back to the kernel (C{malloc_trim}).  It walks
     the heap: call it in the disk pool, and only when no body streams.
+
+    @return: whether any memory was handed back.
     """
-    if _glibc is not None:
-        _glibc.malloc_trim(0)
+    if _glibc is None:
+        return False
+    return bool(_glibc.malloc_trim(0))

@@ -83,7 +83,7 @@ class DiskService(Service):
         #: run in the pool once no body has streamed for L{idleAfter}
         #: seconds (the daemon hands its free memory back:
         #: L{chunkd.allocator.giveBack})
-        self.whenIdle: Optional[Callable[[], None]] = None
+        self.whenIdle: Optional[Callable[[], object]] = None
         self.idleAfter = 0.25
         self._idleCall: Any = None
 

@@ -55,14 +55,6 @@ class WriterTests(DiskTestCase):
         start = len(self.PREFIX)
         self.assertEqual(calls, [(self.fd, start, 10), (self.fd, start + 10, 20), (self.fd, start + 30, 30)])
 
-    @defer.inlineCallbacks
-    def test_notWithoutDurableStorage(self) -> Any:
-        self.disk.startWriteback = None
-        w = self.writer()
-        w.write(b"abc")
-        yield w.flush()
-        self.assertEqual(self.fileData(), self.PREFIX + b"abc")
-
 
 class DurableSiteTests(TusTestCase):
     overrides = {"storage.durable": True}
