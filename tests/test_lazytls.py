@@ -8,18 +8,24 @@ TLS, and says so.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import ssl
 import tempfile
 from dataclasses import replace
+from typing import Any, List
 
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial import unittest
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from chunkd import lazytls
 from chunkd.config import loadConfig
-from tests.helpers import Daemon, freePort, makeCertificate, readResponse, tusCreate, waitForPort
+from tests.helpers import Daemon, deferLater, freePort, makeCertificate, readResponse, tusCreate, waitForPort
 
 
 def loadsCryptography(daemon: Daemon) -> bool:
@@ -62,10 +68,29 @@ class DaemonTests(unittest.TestCase):
         self.addCleanup(daemon.stop)
         return daemon
 
-    def test_plainDaemonLoadsNoTLSAndServes(self) -> None:
-        daemon = self.start({"hooks": {"endpoints": [{"url": "http://127.0.0.1:9/hook"}]}})
+    @defer.inlineCallbacks
+    def test_plainDaemonLoadsNoTLSServesAndDeliversWebhooks(self) -> Any:
+        received: List[bytes] = []
+
+        class Receiver(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                received.append(request.content.read())
+                return b""
+
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(Receiver()))
+        self.addCleanup(port.stopListening)
+        daemon = self.start({"hooks": {"endpoints": [
+            {"url": f"http://127.0.0.1:{port.getHost().port}/hook", "events": ["post-create"]}]}})
         self.assertFalse(loadsCryptography(daemon))
-        self.assertTrue(tusCreate(daemon, 10))
+        uploadId = tusCreate(daemon, 10)
+        for _ in range(100):
+            if received:
+                break
+            yield deferLater(0.05)
+        self.assertEqual([json.loads(body)["upload"]["id"] for body in received], [uploadId])
+        self.assertFalse(loadsCryptography(daemon))
         self.assertNotIn("Traceback", daemon.logText())
 
     def test_sslListenerLoadsTLSAndServesIt(self) -> None:
