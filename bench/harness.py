@@ -511,6 +511,22 @@ def tusCreate(server: Server, length: int, filename: str = "bench.bin") -> str:
     return urlsplit(r.getheader("Location")).path
 
 
+def tusFinished(server: Server, source: str, length: int, filename: str) -> str:
+    """A finished tus upload of the first C{length} bytes of C{source}: its path."""
+    path = tusCreate(server, length, filename)
+    with open(source, "rb") as f:
+        body = f.read(length)
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    c.request("PATCH", path, body=body, headers={
+        "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+    r = c.getresponse()
+    r.read()
+    c.close()
+    if r.status != 204:
+        raise RuntimeError(f"{server.name}: PATCH of {path} answered {r.status}")
+    return path
+
+
 def tusDelete(server: Server, path: str) -> None:
     if isinstance(server, Nginx):
         return
@@ -856,18 +872,7 @@ class W8HeadWhileStreaming(Workload):
 
     def warmup(self, server: Server) -> None:
         # the finished upload the HEADs ask about: bytes 0..64 KiB of the source
-        path = tusCreate(server, self.headLength, "w8-head.bin")
-        with open(self.h.src1, "rb") as f:
-            body = f.read(self.headLength)
-        c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        c.request("PATCH", path, body=body, headers={
-            "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
-        r = c.getresponse()
-        r.read()
-        c.close()
-        if r.status != 204:
-            raise RuntimeError(f"{server.name}: PATCH of the HEAD target answered {r.status}")
-        self.targets[server.name] = path
+        self.targets[server.name] = tusFinished(server, self.h.src1, self.headLength, "w8-head.bin")
 
     def setup(self, server: Server) -> Any:
         return {}

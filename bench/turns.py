@@ -21,7 +21,6 @@ share of a HEAD's latency; the rest is the client's and the machine's.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -29,12 +28,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from types import SimpleNamespace
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.harness import waitPort  # noqa: E402
+from bench.harness import tusFinished, waitPort  # noqa: E402
 from chunkd.config import parseSize  # noqa: E402
 
 LOADGEN = os.path.join(ROOT, "bench", "loadgen.py")
@@ -100,24 +100,6 @@ def percentile(values: List[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
-def finishedUpload(port: int, source: str, length: int) -> str:
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    c.request("POST", "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(length),
-                                          "Upload-Metadata": "filename aC5iaW4=,filetype YQ=="})
-    r = c.getresponse()
-    r.read()
-    path = "/files/" + r.getheader("Location", "").rsplit("/", 1)[1]
-    with open(source, "rb") as f:
-        c.request("PATCH", path, body=f.read(length), headers={
-            "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
-    r = c.getresponse()
-    r.read()
-    c.close()
-    if r.status != 204:
-        raise SystemExit(f"PATCH of the HEAD target answered {r.status}")
-    return path
-
-
 def run(work: str, source: str, args: argparse.Namespace, size: int) -> Dict[str, float]:
     import socket
 
@@ -138,7 +120,7 @@ def run(work: str, source: str, args: argparse.Namespace, size: int) -> Dict[str
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         waitPort(port, server)
-        target = finishedUpload(port, source, 65536)
+        target = tusFinished(SimpleNamespace(name="chunkd", port=port), source, 65536, "h.bin")
         done = subprocess.run([sys.executable, LOADGEN, "headload", "--url", f"http://127.0.0.1:{port}/files/",
                                "--file", source, "--streams", str(args.streams), "--size", str(size),
                                "--duration", str(args.duration), "--head-path", target,
