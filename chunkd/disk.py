@@ -47,8 +47,9 @@ class DiskService(Service):
         durable before they are recorded (L{chunkd.store.UploadStore.commit});
         tests replace it with a failing one.
     @ivar startWriteback: starts writing each batch back to the disk once
-        written, for durable storage (L{chunkd.writeback}), or C{None}.  Together these are the OS
-        calls an upload's bytes go through: the seam for injected faults.
+        written, for durable storage (L{chunkd.writeback}), or C{None}.
+        Together these are the OS calls an upload's bytes go through: the
+        seam for injected faults.
     """
 
     name = "disk"
