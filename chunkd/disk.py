@@ -302,11 +302,13 @@ class OffsetWriter:
         if self._inFlight or not self._pending:
             return
         if (self._pendingSize < self._minBatch and self._producer is not None
-                and not self._paused and self._flushed is None):
+                and not self._paused and self._flushed is None and not self._disk._overBudget):
             # A page-cache write of one 64 KiB read ends before the next
             # read arrives, so without gathering every read would cost a
             # thread hand-off (and GIL traffic): wait for a worthwhile batch,
-            # unless the stream is paused, ending, or being flushed.
+            # unless the stream is paused, ending, or being flushed -- or
+            # others wait for the budget to free, which bytes held back here
+            # would delay (for as long as a stalled client likes).
             return
         batch, self._pending = self._pending[:_IOV_MAX], self._pending[_IOV_MAX:]
         size = sum(len(b) for b in batch)

@@ -397,6 +397,29 @@ class BudgetTests(DiskTestCase):
         self.assertEqual([p.resumes for p in producers], [1, 1, 1])
         self.assertEqual(self.disk.queued, 0)
 
+    @defer.inlineCallbacks
+    def test_noGatheringWhileOthersWaitForTheBudget(self) -> Any:
+        """
+        A writer that starts while others wait for the budget hands its
+        bytes to the disk at once instead of gathering them towards a
+        batch: held back, they would keep the budget from freeing for as
+        long as its client stalls.
+        """
+        self.disk.minBatch = 10_000
+        self.disk.maxBuffered = 1000
+        self.hold()
+        held = self.writer(producer=CountingProducer(), highWater=10_000, lowWater=100)
+        held.write(b"a" * 1100)  # past the budget: paused, waiting for it to free
+        self.assertEqual(self.disk.outstanding, 1)
+        late = self.writer(offset=len(self.PREFIX) + 20_000, producer=CountingProducer(),
+                           highWater=10_000, lowWater=100)
+        self.disk.queued = 800  # as if the disk had caught up to between 3/4 and the budget
+        late.write(b"b" * 10)  # below min_batch, and not itself over the budget
+        self.assertEqual(self.disk.outstanding, 2)
+        self.disk.queued = 1110
+        self.release()
+        yield defer.gatherResults([held.flush(), late.flush()])
+
     def test_aDetachedWriterIsNotPausedByTheBudget(self) -> None:
         self.disk.minBatch = 0
         self.disk.maxBuffered = 100
