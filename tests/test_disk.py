@@ -344,14 +344,19 @@ class BudgetTests(DiskTestCase):
     slow disk cannot each hold their own high-water mark of memory.
     """
 
+    def streamingWriters(self, n: int) -> Tuple[List[CountingProducer], List[OffsetWriter]]:
+        """C{n} writers, each steering a socket of its own, 10,000 bytes apart in the file."""
+        producers = [CountingProducer() for _ in range(n)]
+        writers = [self.writer(offset=len(self.PREFIX) + 10_000 * i, highWater=10_000, lowWater=100,
+                               producer=p) for i, p in enumerate(producers)]
+        return producers, writers
+
     @defer.inlineCallbacks
     def test_pastTheBudgetEveryWriterPausesThenAllResume(self) -> Any:
         self.disk.minBatch = 0
         self.disk.maxBuffered = 1000
         self.hold()
-        producers = [CountingProducer() for _ in range(3)]
-        writers = [self.writer(offset=len(self.PREFIX) + 10_000 * n, highWater=10_000, lowWater=100,
-                               producer=p) for n, p in enumerate(producers)]
+        producers, writers = self.streamingWriters(3)
         writers[0].write(b"a" * 600)
         writers[1].write(b"b" * 300)
         # Each holds far below its own high-water mark ...
@@ -380,9 +385,7 @@ class BudgetTests(DiskTestCase):
         """
         self.disk.minBatch = 10_000  # each writer would gather, not write
         self.disk.maxBuffered = 1000
-        producers = [CountingProducer() for _ in range(3)]
-        writers = [self.writer(offset=len(self.PREFIX) + 10_000 * n, highWater=10_000, lowWater=100,
-                               producer=p) for n, p in enumerate(producers)]
+        producers, writers = self.streamingWriters(3)
         self.hold()
         writers[0].write(b"a" * 600)
         writers[1].write(b"b" * 300)
